@@ -1,0 +1,361 @@
+"""The four scaling methods: parameters from statistics, and their numpy kernels.
+
+Every method is an affine map per feature,
+
+    y = (x - center) * scale + offset        (then clipped to [lo, hi])
+
+with the inverse ``x = (y - offset) / scale + center``. A method is a small
+frozen description (its parameters and how to derive ``center``, ``spread``,
+``gain`` and ``offset`` from :class:`~scalepipe.stats.Moments`), registered in
+:data:`METHODS`; :func:`affine_params` turns that into the map and is the one
+place where constant columns are handled, so every code path treats them alike.
+
+This module imports numpy only.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any, ClassVar, Literal, get_args
+
+import numpy as np
+
+from .errors import DataError, ParameterError
+from .stats import Moments
+
+__all__ = [
+    "METHODS",
+    "Affine",
+    "BatchNorm",
+    "ConstantPolicy",
+    "Decimal",
+    "MinMax",
+    "Scaler",
+    "ZScore",
+    "apply_affine",
+    "decimal_exponent",
+    "invert_affine",
+    "scaler_from_dict",
+]
+
+ConstantPolicy = Literal["unit_scale", "zero", "passthrough", "error"]
+CONSTANT_POLICIES: tuple[str, ...] = get_args(ConstantPolicy)
+
+Column = str | int
+
+
+@dataclass(frozen=True, eq=False)
+class Affine:
+    """Per-feature affine map ``clip((x - center) * scale + offset, lo, hi)``.
+
+    All fields are float64 arrays of one shape; ``lo``/``hi`` are ``-inf``/``inf``
+    where no clipping applies.
+    """
+
+    center: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Sequence[Affine]) -> Affine:
+        """Join the maps of disjoint feature sets."""
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("center", "scale", "offset", "lo", "hi")))
+
+    def take(self, index: Sequence[int] | np.ndarray) -> Affine:
+        """The maps of the features at ``index``."""
+        return Affine(self.center[index], self.scale[index], self.offset[index], self.lo[index], self.hi[index])
+
+
+@dataclass(frozen=True)
+class Scaler(abc.ABC):
+    """A scaling rule: which columns, which method, with which parameters.
+
+    Parameters
+    ----------
+    columns
+        Column names or glob patterns (``"px_*"``), positions for arrays, or
+        ``None`` for every numeric column not matched by an earlier rule.
+    constant_policy
+        What a constant column becomes (its range within 4 ulps of its
+        magnitude): ``"unit_scale"`` (default, as scikit-learn: the spread is
+        taken as 1), ``"zero"`` (output 0.0), ``"passthrough"`` (output = input)
+        or ``"error"``.
+    """
+
+    method: ClassVar[str]
+    #: Whether the method divides by the column's spread, which is 0 for a
+    #: constant column (and so what ``unit_scale`` replaces by 1).
+    divides_by_spread: ClassVar[bool] = True
+
+    columns: Sequence[Column] | None = None
+    constant_policy: ConstantPolicy = "unit_scale"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.columns, (str, int)):
+            object.__setattr__(self, "columns", (self.columns,))
+        elif self.columns is not None:
+            object.__setattr__(self, "columns", tuple(self.columns))
+            if not self.columns:
+                raise ParameterError("columns", "an empty list matches nothing; use null for all numeric columns")
+        if self.constant_policy not in CONSTANT_POLICIES:
+            raise ParameterError(
+                "constant_policy",
+                f"{self.constant_policy!r} is not one of {', '.join(map(repr, CONSTANT_POLICIES))}",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as plain data (``method`` first), for configs and artifacts."""
+        d = asdict(self)
+        d["columns"] = list(self.columns) if self.columns is not None else None
+        return {"method": self.method, **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}
+
+    @abc.abstractmethod
+    def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``center, spread, gain, offset`` with ``y = (x - center) / spread * gain + offset``."""
+
+    def clip_bounds(self) -> tuple[float, float]:
+        """Bounds of the output; unbounded unless the method clips."""
+        return -math.inf, math.inf
+
+
+@dataclass(frozen=True)
+class MinMax(Scaler):
+    """``a + (x - min) * (b - a) / (max - min)``, optionally clipped to ``[a, b]``.
+
+    Examples
+    --------
+    >>> MinMax(["px_*"], feature_range=(-1, 1), clip=True).feature_range
+    (-1.0, 1.0)
+    """
+
+    method: ClassVar[str] = "minmax"
+    feature_range: tuple[float, float] = (0.0, 1.0)
+    clip: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        fr = tuple(float(v) for v in self.feature_range)
+        if len(fr) != 2 or not all(math.isfinite(v) for v in fr) or not fr[0] < fr[1]:
+            raise ParameterError("feature_range", f"must be two finite numbers [a, b] with a < b, got {self.feature_range!r}")
+        object.__setattr__(self, "feature_range", fr)
+
+    def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        a, b = self.feature_range
+        return m.min, m.max - m.min, np.full(m.shape, b - a), np.full(m.shape, a)
+
+    def clip_bounds(self) -> tuple[float, float]:
+        return self.feature_range if self.clip else (-math.inf, math.inf)
+
+
+@dataclass(frozen=True)
+class ZScore(Scaler):
+    """``(x - mean) / std``; ``with_mean``/``with_std`` turn either part off.
+
+    Examples
+    --------
+    >>> ZScore(["age", "income"], ddof=1).ddof
+    1
+    """
+
+    method: ClassVar[str] = "zscore"
+    with_mean: bool = True
+    with_std: bool = True
+    ddof: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.ddof, bool) or not isinstance(self.ddof, int) or self.ddof < 0:
+            raise ParameterError("ddof", f"must be a non-negative integer, got {self.ddof!r}")
+
+    def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        center = m.mean if self.with_mean else np.zeros(m.shape)
+        spread = m.std(self.ddof) if self.with_std else np.ones(m.shape)
+        return center, spread, np.ones(m.shape), np.zeros(m.shape)
+
+
+@dataclass(frozen=True)
+class Decimal(Scaler):
+    """``x / 10**j`` with ``j`` the smallest integer such that ``max|x| / 10**j < 1``.
+
+    ``j`` may be negative (``max|x| = 0.05`` gives ``j = -1``) and is 0 for an
+    all-zero column. Its divisor depends on the magnitude, not the spread, so
+    ``unit_scale`` leaves a constant column's ``10**j`` as it is.
+
+    Examples
+    --------
+    >>> decimal_exponent(999.9), decimal_exponent(1000.0), decimal_exponent(0.05)
+    (3, 4, -1)
+    """
+
+    method: ClassVar[str] = "decimal"
+    divides_by_spread: ClassVar[bool] = False
+
+    def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        j = np.array([decimal_exponent(v) for v in np.ravel(m.absmax)], dtype=np.float64).reshape(m.shape)
+        return np.zeros(m.shape), 10.0**j, np.ones(m.shape), np.zeros(m.shape)
+
+
+@dataclass(frozen=True)
+class BatchNorm(Scaler):
+    """``gamma * (x - mean) / sqrt(var + eps) + beta`` with the biased variance.
+
+    ``momentum`` is used by the partition scope's running statistics
+    (PyTorch's convention; ``None`` is the cumulative average). ``eps`` keeps
+    the divisor positive, so ``unit_scale`` leaves a constant column's divisor
+    as ``sqrt(eps)``, as PyTorch does.
+
+    Examples
+    --------
+    >>> BatchNorm(gamma=2.0, beta=0.5).eps
+    1e-05
+    """
+
+    method: ClassVar[str] = "batchnorm"
+    divides_by_spread: ClassVar[bool] = False
+    gamma: float = 1.0
+    beta: float = 0.0
+    eps: float = 1e-5
+    momentum: float | None = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("gamma", "beta"):
+            if not math.isfinite(getattr(self, name)):
+                raise ParameterError(name, f"must be finite, got {getattr(self, name)!r}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ParameterError("eps", f"must be a positive number, got {self.eps!r}")
+        if self.momentum is not None and not 0 < self.momentum <= 1:
+            raise ParameterError("momentum", f"must be in (0, 1] or null (cumulative average), got {self.momentum!r}")
+
+    def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        spread = np.sqrt(m.var(0) + self.eps)
+        return m.mean, spread, np.full(m.shape, self.gamma), np.full(m.shape, self.beta)
+
+
+#: The registry of methods by name; adding a method is one entry here.
+METHODS: dict[str, type[Scaler]] = {cls.method: cls for cls in (MinMax, ZScore, Decimal, BatchNorm)}
+
+
+def scaler_from_dict(d: dict[str, Any]) -> Scaler:
+    """Build a scaler from plain data, e.g. ``{"method": "zscore", "columns": ["a"]}``.
+
+    Raises
+    ------
+    ParameterError
+        The method is unknown (the message lists the valid ones), a parameter
+        is not one of the method's, or its value is impossible.
+    """
+    d = dict(d)
+    name = d.pop("method", None)
+    if name not in METHODS:
+        raise ParameterError("method", f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    valid = [f for f in cls.__dataclass_fields__ if not f.startswith("_")]
+    for key in d:
+        if key not in valid:
+            raise ParameterError(key, f"not a parameter of {name!r}; valid: {', '.join(valid)}")
+    if "feature_range" in d and d["feature_range"] is not None:
+        d["feature_range"] = tuple(d["feature_range"])
+    return cls(**d)
+
+
+def decimal_exponent(absmax: float) -> int:
+    """The smallest integer ``j`` with ``absmax / 10**j < 1`` (0 when ``absmax == 0``).
+
+    Decided exactly with rational arithmetic, so powers of ten at the boundary
+    (``1000`` gives 4) are never misjudged by rounding.
+    """
+    if absmax == 0 or math.isnan(absmax):
+        return 0
+    exact = Fraction(abs(absmax))
+    j = math.floor(math.log10(abs(absmax))) + 1
+    while exact >= Fraction(10) ** j:
+        j += 1
+    while exact < Fraction(10) ** (j - 1):
+        j -= 1
+    return j
+
+
+def affine_params(scaler: Scaler, m: Moments, names: Sequence[object]) -> Affine:
+    """The affine map of ``scaler`` for features with statistics ``m``.
+
+    This is the single place where an all-NaN column is rejected and a
+    constant column gets its ``constant_policy``.
+
+    Raises
+    ------
+    DataError
+        A column has no non-missing value, or is constant under
+        ``constant_policy="error"``; the message names the columns.
+    """
+    empty = m.count == 0
+    if empty.any():
+        cols = [names[i] for i in np.flatnonzero(empty)]
+        raise DataError(f"column(s) {', '.join(map(repr, cols))}: every value is missing (NaN); cannot fit {scaler.method}")
+    center, spread, gain, offset = scaler.components(m)
+    constant = m.is_constant()
+    if constant.any() and scaler.constant_policy == "error":
+        cols = [names[i] for i in np.flatnonzero(constant)]
+        raise DataError(
+            f"column(s) {', '.join(map(repr, cols))} are constant; {scaler.method} would divide by zero "
+            "(set constant_policy to unit_scale, zero or passthrough)"
+        )
+    if scaler.constant_policy == "unit_scale" and scaler.divides_by_spread:
+        spread = np.where(constant, 1.0, spread)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = gain / spread
+    lo_val, hi_val = scaler.clip_bounds()
+    lo, hi = np.full(m.shape, lo_val), np.full(m.shape, hi_val)
+    if scaler.constant_policy in ("zero", "passthrough"):
+        keep = scaler.constant_policy == "passthrough"
+        center = np.where(constant, 0.0, center)
+        scale = np.where(constant, 1.0 if keep else 0.0, scale)
+        offset = np.where(constant, 0.0, offset)
+        lo = np.where(constant, -np.inf, lo)
+        hi = np.where(constant, np.inf, hi)
+    return Affine(*(np.asarray(a, dtype=np.float64) for a in (center, scale, offset, lo, hi)))
+
+
+def _out_dtype(x: np.ndarray) -> np.dtype:
+    return x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+
+
+def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None) -> np.ndarray:
+    """Apply ``p`` to the columns of ``x`` (shape ``(n, n_features)``; NaN stays NaN).
+
+    Computed in float64; the result keeps ``x``'s float dtype (float64 for
+    integer input). ``x`` is never modified; pass ``out`` to reuse a buffer
+    scalepipe owns.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = Affine(*(np.array([v]) for v in (1.0, 2.0, 0.0, -np.inf, np.inf)))
+    >>> apply_affine(np.array([[1.0], [2.0], [np.nan]]), p).ravel().tolist()
+    [0.0, 2.0, nan]
+    """
+    y = np.subtract(x, p.center, dtype=np.float64)
+    y *= p.scale
+    y += p.offset
+    if np.isfinite(p.lo).any() or np.isfinite(p.hi).any():
+        np.clip(y, p.lo, p.hi, out=y)
+    if out is not None:
+        out[...] = y
+        return out
+    return y.astype(_out_dtype(np.asarray(x)), copy=False)
+
+
+def invert_affine(y: np.ndarray, p: Affine) -> np.ndarray:
+    """Inverse of :func:`apply_affine`; a feature scaled by 0 maps back to its center."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.subtract(y, p.offset, dtype=np.float64) / p.scale + p.center
+    zero = p.scale == 0
+    if zero.any():
+        x = np.where(zero & ~np.isnan(np.asarray(y, dtype=np.float64)), p.center, x)
+    return x.astype(_out_dtype(np.asarray(y)), copy=False)

@@ -1,0 +1,338 @@
+"""The mergeable statistics value and its numpy chunk kernel.
+
+Every scaling method's parameters derive from one value per feature,
+:class:`Moments`: ``count``, ``nan_count``, ``min``, ``max``, ``absmax``,
+``mean`` and ``m2`` (the sum of squared deviations from the mean). It is
+computed per chunk by :func:`chunk_moments` and combined by :func:`merge`
+(Chan, Golub and LeVeque's pairwise update), so any chunking and any reduction
+tree give the same answer to within a few ulps.
+
+A float64 mean alone is not precise enough to merge: on a column like
+``1e12 + 1e-3 * U(0, 1)`` one ulp of the mean is ~0.4 standard deviations.
+The mean is therefore kept as a double-double ``mean + mean_lo``, which makes
+the merge's ``delta`` (difference of two means) exact to the last bit of the
+deviations instead of the last bit of the values.
+
+This module imports numpy only: the same kernels run under Dask, in a plain
+process, and (later) on Spark executors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import TypeVar
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = [
+    "Moments",
+    "NonFiniteError",
+    "chunk_moments",
+    "merge",
+    "merge_all",
+    "tree_reduce",
+]
+
+T = TypeVar("T")
+
+#: Values per sub-block of the chunk kernel: the temporaries stay in cache and
+#: each sub-block is summed pairwise, which bounds the rounding error.
+BLOCK_VALUES = 1 << 18
+
+#: Moments merged per node of the reduction tree.
+SPLIT_EVERY = 8
+
+
+class NonFiniteError(DataError):
+    """A chunk holds ``inf`` or ``-inf`` in some columns.
+
+    Parameters
+    ----------
+    positions
+        The positions (in the chunk's feature order) of the offending columns;
+        the caller maps them to names with :meth:`named`.
+    """
+
+    def __init__(self, positions: Sequence[int], names: Sequence[object] | None = None) -> None:
+        self.positions = [int(p) for p in positions]
+        self.names = list(names) if names is not None else None
+        shown = self.names if self.names is not None else self.positions
+        label = "columns" if len(shown) > 1 else "column"
+        super().__init__(
+            f"{label} {', '.join(repr(s) for s in shown)}: infinite values are not "
+            "allowed (replace them with NaN to treat them as missing)"
+        )
+
+    def named(self, names: Sequence[object]) -> NonFiniteError:
+        """Return the same error with the columns named by ``names[position]``."""
+        return NonFiniteError(self.positions, [names[p] for p in self.positions])
+
+    def __reduce__(self):  # survive pickling between Dask workers and the client
+        return (NonFiniteError, (self.positions, self.names))
+
+
+@dataclass(frozen=True, eq=False)
+class Moments:
+    """Mergeable per-feature statistics; every field is an array of one shape.
+
+    Attributes
+    ----------
+    count : int64 array
+        Non-missing values.
+    nan_count : int64 array
+        Missing (NaN) values.
+    min, max : float64 array
+        Smallest and largest value (NaN when ``count == 0``).
+    absmax : float64 array
+        Largest absolute value (NaN when ``count == 0``).
+    mean : float64 array
+        The mean, rounded to float64.
+    mean_lo : float64 array
+        The rounding residual of ``mean`` (``mean + mean_lo`` is the mean to
+        about 106 bits), which keeps merges exact for data with a large offset.
+    m2 : float64 array
+        Sum of squared deviations from the mean.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = chunk_moments(np.array([[1.0], [2.0], [np.nan]]))
+    >>> m.count.tolist(), m.mean.tolist(), m.var().tolist()
+    ([2], [1.5], [0.25])
+    """
+
+    count: np.ndarray
+    nan_count: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    absmax: np.ndarray
+    mean: np.ndarray
+    mean_lo: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, shape: int | tuple[int, ...]) -> Moments:
+        """The identity of :func:`merge`: statistics of zero rows."""
+        zeros_i = np.zeros(shape, dtype=np.int64)
+        zeros = np.zeros(shape, dtype=np.float64)
+        nans = np.full(shape, np.nan)
+        return cls(zeros_i, zeros_i.copy(), nans, nans.copy(), nans.copy(), zeros, zeros.copy(), zeros.copy())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The features' shape (``(n_features,)`` for a table)."""
+        return self.count.shape
+
+    def var(self, ddof: int = 0) -> np.ndarray:
+        """Variance with ``count - ddof`` in the denominator (NaN where that is <= 0)."""
+        denom = self.count - ddof
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, self.m2 / np.maximum(denom, 1), np.nan)
+
+    def std(self, ddof: int = 0) -> np.ndarray:
+        """Standard deviation, ``sqrt(var(ddof))``."""
+        return np.sqrt(self.var(ddof))
+
+    def is_constant(self) -> np.ndarray:
+        """Whether each feature's range is within 4 ulps of its magnitude.
+
+        Our variance is accurate, so a column with a real but tiny spread is not
+        constant; only a range at the level of rounding is.
+        """
+        with np.errstate(invalid="ignore"):
+            return (self.max - self.min) <= 4 * np.spacing(self.absmax)
+
+    def take(self, index: Sequence[int] | np.ndarray) -> Moments:
+        """The statistics of the features at ``index`` (along the first axis)."""
+        return Moments(**{f.name: np.asarray(getattr(self, f.name))[index] for f in fields(self)})
+
+    def reshape(self, shape: tuple[int, ...]) -> Moments:
+        """The same statistics with the features arranged in ``shape``."""
+        return Moments(**{f.name: getattr(self, f.name).reshape(shape) for f in fields(self)})
+
+    @classmethod
+    def concat(cls, parts: Sequence[Moments], axis: int = 0) -> Moments:
+        """Join the statistics of disjoint feature sets along ``axis``."""
+        return cls(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts], axis=axis) for f in fields(cls)}
+        )
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """The fields as a plain dict of arrays."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Sequence[float]]) -> Moments:
+        """Inverse of :meth:`to_dict`; counts become int64, the rest float64."""
+        ints = {"count", "nan_count"}
+        return cls(
+            **{
+                f.name: np.asarray(d[f.name], dtype=np.int64 if f.name in ints else np.float64)
+                for f in fields(cls)
+            }
+        )
+
+    def identical(self, other: Moments) -> bool:
+        """Bitwise equality of every field (NaN equals NaN)."""
+        return all(
+            np.array_equal(getattr(self, f.name), getattr(other, f.name), equal_nan=True) for f in fields(self)
+        )
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knuth's error-free sum: ``s + e == a + b`` exactly, ``s = fl(a + b)``."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+def _as_float64_columns(block: object) -> np.ndarray:
+    """The block as an aligned, column-contiguous float64 2-D array.
+
+    Column-contiguous data makes every column reduction a pairwise sum over a
+    contiguous buffer: accurate, and independent of how the caller laid the
+    data out in memory (so results are bit-reproducible).
+    """
+    x = np.asarray(block)
+    if x.ndim != 2:
+        raise DataError(f"expected a 2-D block (rows x features), got shape {x.shape}")
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"expected numeric data, got dtype {x.dtype}")
+    return np.require(x, dtype=np.float64, requirements=["F", "A"])
+
+
+def _block_moments(x: np.ndarray) -> Moments:
+    """Moments of one float64, column-contiguous block with at least one row."""
+    n = x.shape[0]
+    nan = np.isnan(x)
+    nan_count = nan.sum(axis=0, dtype=np.int64)
+    count = n - nan_count
+    # fmin/fmax skip NaN; an all-NaN column gives NaN. Adding 0.0 makes -0.0 +0.0,
+    # since the sign of a zero extreme would depend on row order.
+    lo = np.fmin.reduce(x, axis=0) + 0.0
+    hi = np.fmax.reduce(x, axis=0) + 0.0
+    bad = np.isinf(lo) | np.isinf(hi)
+    if bad.any():
+        raise NonFiniteError(np.flatnonzero(bad))
+    has_nan = bool(nan_count.any())
+    filled = np.where(nan, 0.0, x) if has_nan else x
+    safe_count = np.maximum(count, 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        pivot = filled.sum(axis=0) / safe_count
+    # A sum that overflows falls back to the midrange, which always exists.
+    pivot = np.where(np.isfinite(pivot), pivot, lo * 0.5 + hi * 0.5)
+    pivot = np.where(count > 0, pivot, 0.0)
+    dev = x - pivot
+    if has_nan:
+        dev[nan] = 0.0
+    s = dev.sum(axis=0)
+    m2 = np.square(dev).sum(axis=0) - s * (s / safe_count)
+    mean, mean_lo = _two_sum(pivot, s / safe_count)
+    absmax = np.fmax(np.abs(lo), np.abs(hi))
+    return Moments(count, nan_count, lo, hi, absmax, mean, mean_lo, np.maximum(m2, 0.0))
+
+
+def chunk_moments(block: object) -> Moments:
+    """Statistics of a 2-D block (rows x features), accumulated in float64.
+
+    Parameters
+    ----------
+    block : array_like, shape (n_rows, n_features)
+        Any real numeric dtype (float32, float64, integers, booleans). NaN is
+        missing data and is skipped.
+
+    Returns
+    -------
+    Moments
+        One value per feature, shape ``(n_features,)``.
+
+    Raises
+    ------
+    NonFiniteError
+        Some column holds ``inf``; ``positions`` says which.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> chunk_moments(np.arange(6.0).reshape(3, 2)).mean.tolist()
+    [2.0, 3.0]
+    """
+    x = _as_float64_columns(block)
+    n, f = x.shape
+    if n == 0:
+        return Moments.empty(f)
+    rows = max(1024, BLOCK_VALUES // max(f, 1))
+    if n <= rows:
+        return _block_moments(x)
+    parts = [_block_moments(x[i : i + rows]) for i in range(0, n, rows)]
+    return merge_all(parts)
+
+
+def merge(a: Moments, b: Moments) -> Moments:
+    """Statistics of the union of two disjoint row sets (Chan et al.).
+
+    ``merge(Moments.empty(shape), m)`` is ``m``: empty chunks merge cleanly.
+    """
+    na, nb = a.count, b.count
+    n = na + nb
+    safe_n = np.maximum(n, 1)
+    delta = (b.mean - a.mean) + (b.mean_lo - a.mean_lo)
+    w = nb / safe_n
+    mean, mean_lo = _two_sum(a.mean, a.mean_lo + delta * w)
+    m2 = a.m2 + b.m2 + delta * delta * (na * w)
+    a_empty, b_empty = na == 0, nb == 0
+    mean = np.where(a_empty, b.mean, np.where(b_empty, a.mean, mean))
+    mean_lo = np.where(a_empty, b.mean_lo, np.where(b_empty, a.mean_lo, mean_lo))
+    m2 = np.where(a_empty, b.m2, np.where(b_empty, a.m2, m2))
+    return Moments(
+        count=n,
+        nan_count=a.nan_count + b.nan_count,
+        min=np.fmin(a.min, b.min),
+        max=np.fmax(a.max, b.max),
+        absmax=np.fmax(a.absmax, b.absmax),
+        mean=mean,
+        mean_lo=mean_lo,
+        m2=m2,
+    )
+
+
+def merge_all(parts: Sequence[Moments]) -> Moments:
+    """Merge a non-empty sequence of moments with a fixed tree (see :func:`tree_reduce`)."""
+    return tree_reduce(list(parts), _fold)
+
+
+def _fold(group: Sequence[Moments]) -> Moments:
+    out = group[0]
+    for m in group[1:]:
+        out = merge(out, m)
+    return out
+
+
+def tree_reduce(items: list[T], combine: Callable[[list[T]], T], split_every: int = SPLIT_EVERY) -> T:
+    """Reduce ``items`` with a tree fixed by their number and order alone.
+
+    Consecutive groups of ``split_every`` items are combined level by level, so
+    the result does not depend on which worker finishes first: the same
+    partitions always give bit-identical statistics.
+
+    Parameters
+    ----------
+    items
+        At least one item.
+    combine
+        Called with a list of 1 to ``split_every`` items; returns one item. It
+        may return a lazy object (a ``dask.delayed``), which is how the Dask
+        orchestration builds its graph with this same function.
+    split_every
+        Fan-in of each tree node (>= 2).
+    """
+    if not items:
+        raise ValueError("tree_reduce needs at least one item")
+    level = list(items)
+    while len(level) > 1:
+        level = [combine(level[i : i + split_every]) for i in range(0, len(level), split_every)]
+    return level[0]
