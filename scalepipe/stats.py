@@ -30,6 +30,7 @@ from .errors import DataError
 __all__ = [
     "Moments",
     "NonFiniteError",
+    "array_moments",
     "chunk_moments",
     "merge",
     "merge_all",
@@ -236,7 +237,7 @@ def _block_moments(x: np.ndarray) -> Moments:
     return Moments(count, nan_count, lo, hi, absmax, mean, mean_lo, np.maximum(m2, 0.0))
 
 
-def chunk_moments(block: object) -> Moments:
+def chunk_moments(block: object, names: Sequence[object] | None = None) -> Moments:
     """Statistics of a 2-D block (rows x features), accumulated in float64.
 
     Parameters
@@ -244,6 +245,8 @@ def chunk_moments(block: object) -> Moments:
     block : array_like, shape (n_rows, n_features)
         Any real numeric dtype (float32, float64, integers, booleans). NaN is
         missing data and is skipped.
+    names : sequence, optional
+        The features' names, used to name the columns in errors.
 
     Returns
     -------
@@ -266,9 +269,37 @@ def chunk_moments(block: object) -> Moments:
     if n == 0:
         return Moments.empty(f)
     rows = max(1024, BLOCK_VALUES // max(f, 1))
+    try:
+        if n <= rows:
+            return _block_moments(x)
+        return merge_all([_block_moments(x[i : i + rows]) for i in range(0, n, rows)])
+    except NonFiniteError as err:
+        raise (err.named(names) if names is not None else err) from None
+
+
+def array_moments(x: np.ndarray, names: Sequence[object] | None = None, threads: int | None = None) -> Moments:
+    """Statistics of an in-memory 2-D array, its row blocks computed on threads.
+
+    The blocks and the merge tree depend only on the array's shape, so the
+    result does not depend on the number of threads.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_rows, n_features)
+    names : sequence, optional
+        Feature names for error messages.
+    threads : int, optional
+        Worker threads (default: the CPU count).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n, f = np.shape(x)
+    rows = max(1024, (16 * BLOCK_VALUES) // max(f, 1))
     if n <= rows:
-        return _block_moments(x)
-    parts = [_block_moments(x[i : i + rows]) for i in range(0, n, rows)]
+        return chunk_moments(x, names)
+    pieces = [x[i : i + rows] for i in range(0, n, rows)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        parts = list(pool.map(lambda piece: chunk_moments(piece, names), pieces))
     return merge_all(parts)
 
 

@@ -1,0 +1,146 @@
+"""The on-disk statistics artifact: JSON with a format name, schema version and checksum.
+
+The artifact is data, never code: loading parses JSON and validates it, and
+never unpickles. Floats are written with Python's shortest round-trip repr, so
+they read back bit-identical; NaN and infinities, which JSON lacks, are written
+as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``. The checksum is a
+SHA-256 over the canonical JSON of every field but the checksum itself, so an
+edited or damaged file is detected.
+
+This module imports the standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+__all__ = [
+    "FORMAT",
+    "SCHEMA_VERSION",
+    "decode_floats",
+    "encode_floats",
+    "read_artifact",
+    "render_artifact",
+    "write_text_atomic",
+]
+
+FORMAT = "scalepipe.stats"
+SCHEMA_VERSION = 1
+
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+#: Top-level fields every artifact of this schema has.
+REQUIRED = ("format", "schema_version", "scalepipe_version", "features", "scalers", "statistics", "parameters")
+
+
+def encode_floats(values: Sequence[float]) -> list[float | str]:
+    """Floats as JSON values: finite ones as numbers, the others as strings."""
+    out: list[float | str] = []
+    for v in values:
+        v = float(v)
+        if math.isfinite(v):
+            out.append(v)
+        else:
+            out.append("NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity"))
+    return out
+
+
+def decode_floats(values: Sequence[float | str | int]) -> list[float]:
+    """Inverse of :func:`encode_floats`."""
+    return [_NONFINITE[v] if isinstance(v, str) else float(v) for v in values]
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def checksum(doc: dict[str, Any]) -> str:
+    """``sha256:<hex>`` over the canonical JSON of every field but ``checksum``."""
+    return "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+
+
+def render_artifact(doc: dict[str, Any]) -> str:
+    """The document with its format header and checksum, as indented JSON text."""
+    full = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **doc}
+    full["checksum"] = checksum(full)
+    return json.dumps(full, indent=1, allow_nan=False) + "\n"
+
+
+def read_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate an artifact; never executes or unpickles anything.
+
+    Raises
+    ------
+    ArtifactError
+        The file is missing, not JSON (truncated?), not a scalepipe artifact,
+        of a newer schema version, lacks a field, or fails its checksum. The
+        message names the file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: statistics file not found (run `scalepipe fit` first?)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: cannot read statistics file: {err}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ArtifactError(
+            f"{path}: not valid JSON at line {err.lineno} column {err.colno} (truncated or corrupt?)"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ArtifactError(f"{path}: not a scalepipe statistics file (format {found!r}, expected {FORMAT!r})")
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise ArtifactError(f"{path}: invalid schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{path}: schema version {version} is newer than this scalepipe supports "
+            f"({SCHEMA_VERSION}); upgrade scalepipe to read it"
+        )
+    if "checksum" not in doc:
+        raise ArtifactError(f"{path}: no checksum field; the file is incomplete or was not written by scalepipe")
+    if doc["checksum"] != checksum(doc):
+        raise ArtifactError(f"{path}: checksum mismatch: the file was edited or corrupted after it was written")
+    missing = [k for k in REQUIRED if k not in doc]
+    if missing:
+        raise ArtifactError(f"{path}: missing field(s) {', '.join(missing)}")
+    return doc
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` so that it appears only when complete.
+
+    The text goes to a temporary file beside ``path``, is flushed and fsynced,
+    then ``os.replace``-d into place; a failure leaves the previous file (or
+    none) and no temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,155 @@
+"""Dask orchestration of the statistics: one tree reduction, one compute.
+
+Each chunk (a dask array block or a DataFrame partition) is read once by
+:func:`~scalepipe.stats.chunk_moments`; the partial results are merged with
+:func:`~scalepipe.stats.tree_reduce`, whose tree depends only on the number and
+order of chunks, so the statistics are bit-identical whichever worker finishes
+first and however many workers there are. The functions here build lazy
+graphs; :func:`compute` evaluates any number of them with one ``dask.compute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import product
+from typing import Any
+
+import dask
+import numpy as np
+from dask.delayed import Delayed
+
+from .frames import float_values
+from .methods import Affine, apply_affine, invert_affine
+from .stats import Moments, chunk_moments, merge_all, tree_reduce
+
+__all__ = ["array_moments", "compute", "frame_moments", "transform_array", "transform_frame"]
+
+_merge = dask.delayed(merge_all, pure=True)
+
+
+def compute(*lazy: Delayed) -> tuple[Any, ...]:
+    """Evaluate the lazy statistics together: every chunk is read once."""
+    return dask.compute(*lazy)
+
+
+def _frame_block_moments(df: Any, columns: list[str]) -> Moments:
+    return chunk_moments(float_values(df, columns), columns)
+
+
+def frame_moments(frame: Any, columns: Sequence[str]) -> Delayed:
+    """Lazy :class:`Moments` of ``columns`` of a dask DataFrame (one per column)."""
+    columns = list(columns)
+    parts = [
+        dask.delayed(_frame_block_moments, pure=True)(part, columns)
+        for part in frame[columns].to_delayed()
+    ]
+    if not parts:
+        return dask.delayed(Moments.empty)(len(columns))
+    return tree_reduce(parts, _merge)
+
+
+def _nd_block_moments(block: np.ndarray, n_reduce: int, names: np.ndarray) -> Moments:
+    other = block.shape[n_reduce:]
+    rows = int(np.prod(block.shape[:n_reduce], dtype=np.int64))
+    flat = np.reshape(block, (rows, int(np.prod(other, dtype=np.int64))))
+    return chunk_moments(flat, list(names.ravel())).reshape(other)
+
+
+def _assemble(parts: list[Moments], slices: list[tuple[slice, ...]], shape: tuple[int, ...]) -> Moments:
+    full = Moments.empty(shape).to_dict()
+    for part, where in zip(parts, slices):
+        for name, values in part.to_dict().items():
+            full[name][where] = values
+    return Moments(**full)
+
+
+def _block_slices(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, ...]]:
+    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in chunks]
+    return [
+        tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, idx))
+        for idx in product(*(range(len(c)) for c in chunks))
+    ]
+
+
+def array_moments(x: Any, reduce_axes: Sequence[int], names: np.ndarray) -> Delayed:
+    """Lazy :class:`Moments` of a dask array reduced over ``reduce_axes``.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        Any chunking.
+    reduce_axes
+        The axes to reduce over (``(0,)`` for a rows x features table).
+    names : ndarray
+        Feature names, shaped as the remaining axes (for error messages).
+
+    Returns
+    -------
+    Delayed
+        Evaluates to :class:`Moments` shaped as the remaining axes, in their order.
+    """
+    reduce_axes = tuple(reduce_axes)
+    other_axes = tuple(a for a in range(x.ndim) if a not in reduce_axes)
+    xt = x.transpose(reduce_axes + other_axes)
+    n_reduce = len(reduce_axes)
+    blocks = xt.to_delayed()
+    reduce_grid = list(product(*(range(n) for n in xt.numblocks[:n_reduce])))
+    other_chunks = xt.chunks[n_reduce:]
+    other_grid = list(product(*(range(n) for n in xt.numblocks[n_reduce:])))
+    slices = _block_slices(other_chunks)
+    merged = []
+    for o, where in zip(other_grid, slices):
+        block_names = names[where]
+        parts = [
+            dask.delayed(_nd_block_moments, pure=True)(blocks[r + o], n_reduce, block_names)
+            for r in reduce_grid
+        ]
+        merged.append(tree_reduce(parts, _merge))
+    shape = tuple(sum(c) for c in other_chunks)
+    return dask.delayed(_assemble, pure=True)(merged, slices, shape)
+
+
+def _frame_block_transform(df: Any, columns: list[str], params: Affine, inverse: bool) -> Any:
+    from .frames import replace_columns
+
+    values = float_values(df, columns)
+    out = invert_affine(values, params) if inverse else apply_affine(values, params)
+    return replace_columns(df, columns, out)
+
+
+def transform_frame(frame: Any, columns: Sequence[str], params: Affine, *, inverse: bool = False) -> Any:
+    """Lazily scale ``columns`` of a dask DataFrame, partition by partition.
+
+    The parameters travel as numpy vectors and are applied per partition
+    (aligning a dask frame with a pandas Series would align on rows).
+    """
+    columns = list(columns)
+    meta = _frame_block_transform(frame._meta, columns, params, inverse)
+    return frame.map_partitions(_frame_block_transform, columns, params, inverse, meta=meta)
+
+
+def _nd_block_transform(
+    block: np.ndarray, params: Affine, n_reduce: int, inverse: bool, block_info: dict | None = None
+) -> np.ndarray:
+    location = block_info[0]["array-location"][n_reduce:] if block_info else [(0, s) for s in block.shape[n_reduce:]]
+    where = tuple(slice(a, b) for a, b in location)
+    other = block.shape[n_reduce:]
+    local = Affine(*(np.reshape(getattr(params, k)[where], -1) for k in ("center", "scale", "offset", "lo", "hi")))
+    rows = int(np.prod(block.shape[:n_reduce], dtype=np.int64))
+    flat = np.reshape(block, (rows, int(np.prod(other, dtype=np.int64))))
+    out = invert_affine(flat, local) if inverse else apply_affine(flat, local)
+    return out.reshape(block.shape)
+
+
+def transform_array(x: Any, reduce_axes: Sequence[int], params: Affine, *, inverse: bool = False) -> Any:
+    """Lazily scale a dask array block by block; chunks are kept.
+
+    ``params`` fields are shaped as the non-reduced axes (in their order).
+    """
+    reduce_axes = tuple(reduce_axes)
+    other_axes = tuple(a for a in range(x.ndim) if a not in reduce_axes)
+    perm = reduce_axes + other_axes
+    xt = x.transpose(perm)
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
+    out = xt.map_blocks(_nd_block_transform, params, len(reduce_axes), inverse, dtype=dtype)
+    return out.transpose(tuple(int(a) for a in np.argsort(perm)))

@@ -1,0 +1,308 @@
+"""Uniform views of the data kinds scalepipe accepts.
+
+A view knows a collection's features (names, dtypes, which are numeric), how
+to get their statistics (eagerly for in-memory data, lazily for Dask), and how
+to rebuild a collection of the same kind with some features scaled. numpy and
+pandas are handled here directly; Dask and xarray are recognised without
+importing them (a collection of theirs can only exist if they are imported),
+and Dask work is delegated to :mod:`scalepipe.reduce`, imported on first use.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ColumnError, DataError
+from .methods import Affine, apply_affine, invert_affine
+from .stats import Moments, array_moments
+
+__all__ = ["View", "view_of"]
+
+
+def _is_instance(obj: object, module: str, name: str) -> bool:
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(obj, getattr(mod, name))
+
+
+def _identity(shape: tuple[int, ...]) -> Affine:
+    return Affine(np.zeros(shape), np.ones(shape), np.zeros(shape), np.full(shape, -np.inf), np.full(shape, np.inf))
+
+
+def _scatter(params: Affine, positions: np.ndarray, shape: tuple[int, ...]) -> Affine:
+    """Full-shape parameters: ``params`` at flat ``positions``, identity elsewhere."""
+    full = _identity((int(np.prod(shape, dtype=np.int64)),))
+    for key in ("center", "scale", "offset", "lo", "hi"):
+        getattr(full, key)[positions] = getattr(params, key)
+    return Affine(*(getattr(full, k).reshape(shape) for k in ("center", "scale", "offset", "lo", "hi")))
+
+
+class View(abc.ABC):
+    """Features of one collection and the operations scalepipe needs on them.
+
+    Attributes
+    ----------
+    names : list
+        Every feature, in the collection's order.
+    dtypes : list of str
+        Each feature's dtype.
+    numeric : list of bool
+        Whether each feature can be scaled.
+    kind : str
+        ``"numpy"``, ``"pandas"``, ``"dask.array"``, ``"dask.dataframe"`` or ``"xarray"``.
+    """
+
+    kind: str
+    names: list[Any]
+    dtypes: list[str]
+    numeric: list[bool]
+
+    @property
+    def lazy(self) -> bool:
+        """Whether :meth:`moments` returns a ``dask.delayed`` value."""
+        return self.kind.startswith("dask") or getattr(self, "_dask", False)
+
+    def positions(self, names: Sequence[Any]) -> np.ndarray:
+        """Positions of ``names`` among the features; a missing one is an error."""
+        index = {n: i for i, n in enumerate(self.names)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise ColumnError(
+                f"column(s) {', '.join(map(repr, missing))} were fitted but are not in the data "
+                f"(it has {_preview(self.names)})"
+            )
+        pos = np.array([index[n] for n in names], dtype=np.int64)
+        not_numeric = [(self.names[p], self.dtypes[p]) for p in pos if not self.numeric[p]]
+        if not_numeric:
+            name, dtype = not_numeric[0]
+            raise ColumnError(f"column {name!r} has dtype {dtype}, not numeric; it cannot be scaled")
+        return pos
+
+    @abc.abstractmethod
+    def moments(self, names: Sequence[Any]) -> Any:
+        """Statistics of ``names`` (a :class:`Moments`, or a delayed one if :attr:`lazy`)."""
+
+    @abc.abstractmethod
+    def transform(self, names: Sequence[Any], params: Affine, inverse: bool) -> Any:
+        """A collection of the same kind with ``names`` mapped by ``params``."""
+
+
+def _preview(names: Sequence[Any], limit: int = 8) -> str:
+    shown = ", ".join(map(repr, names[:limit]))
+    return shown + (f", ... ({len(names)} columns)" if len(names) > limit else "")
+
+
+class FrameView(View):
+    """A pandas or dask DataFrame: features are its columns."""
+
+    def __init__(self, frame: Any, kind: str) -> None:
+        from .frames import is_numeric
+
+        self.frame, self.kind = frame, kind
+        self.names = list(frame.columns)
+        self.dtypes = [str(t) for t in frame.dtypes]
+        self.numeric = [is_numeric(t) for t in frame.dtypes]
+
+    def moments(self, names: Sequence[Any]) -> Any:
+        self.positions(names)
+        if self.kind == "dask.dataframe":
+            from . import reduce
+
+            return reduce.frame_moments(self.frame, names)
+        from .frames import float_values
+
+        return array_moments(float_values(self.frame, names), list(names))
+
+    def transform(self, names: Sequence[Any], params: Affine, inverse: bool) -> Any:
+        self.positions(names)
+        if self.kind == "dask.dataframe":
+            from . import reduce
+
+            return reduce.transform_frame(self.frame, names, params, inverse=inverse)
+        from .frames import float_values, replace_columns
+
+        values = float_values(self.frame, names)
+        out = invert_affine(values, params) if inverse else apply_affine(values, params)
+        return replace_columns(self.frame, names, out)
+
+
+class ArrayView(View):
+    """An N-d numpy or dask array reduced over some axes; features are the rest.
+
+    Parameters
+    ----------
+    data
+        numpy or dask array.
+    reduce_axes
+        Axes reduced over (``(0,)`` for rows x features).
+    names
+        Feature names, an array shaped as the remaining axes.
+    """
+
+    def __init__(self, data: Any, reduce_axes: Sequence[int], names: np.ndarray, kind: str) -> None:
+        if data.dtype.kind not in "iuf":
+            raise ColumnError(f"array has dtype {data.dtype}, not numeric; it cannot be scaled")
+        self.data, self.kind = data, kind
+        self._dask = not isinstance(data, np.ndarray)
+        self.reduce_axes = tuple(reduce_axes)
+        self.other_axes = tuple(a for a in range(data.ndim) if a not in self.reduce_axes)
+        self.feature_shape = tuple(data.shape[a] for a in self.other_axes)
+        self.name_grid = names
+        self.names = list(names.ravel())
+        self.dtypes = [str(data.dtype)] * len(self.names)
+        self.numeric = [True] * len(self.names)
+
+    def _flat(self) -> np.ndarray:
+        x = np.transpose(self.data, self.reduce_axes + self.other_axes)
+        return x.reshape(-1, int(np.prod(self.feature_shape, dtype=np.int64)))
+
+    def moments(self, names: Sequence[Any]) -> Any:
+        pos = self.positions(names)
+        if self._dask:
+            import dask
+
+            from . import reduce
+
+            full = reduce.array_moments(self.data, self.reduce_axes, self.name_grid)
+            return dask.delayed(_take_flat, pure=True)(full, pos)
+        return array_moments(self._flat(), self.names).take(pos)
+
+    def transform(self, names: Sequence[Any], params: Affine, inverse: bool) -> Any:
+        full = _scatter(params, self.positions(names), self.feature_shape)
+        if self._dask:
+            from . import reduce
+
+            return reduce.transform_array(self.data, self.reduce_axes, full, inverse=inverse)
+        flat_params = Affine(*(getattr(full, k).ravel() for k in ("center", "scale", "offset", "lo", "hi")))
+        flat = self._flat()
+        out = invert_affine(flat, flat_params) if inverse else apply_affine(flat, flat_params)
+        perm = self.reduce_axes + self.other_axes
+        shaped = out.reshape(tuple(self.data.shape[a] for a in perm))
+        return np.transpose(shaped, np.argsort(perm))
+
+
+def _take_flat(m: Moments, pos: np.ndarray) -> Moments:
+    return m.reshape((-1,)).take(pos)
+
+
+class XarrayView(View):
+    """An xarray DataArray or Dataset: one :class:`ArrayView` per data variable.
+
+    Features are named ``var`` when a variable has only reduced dims, else
+    ``var[label]`` with the coordinate labels of the other dims (``t2m[850,red]``).
+    """
+
+    kind = "xarray"
+
+    def __init__(self, data: Any, reduce_dims: Sequence[str] | None) -> None:
+        import xarray as xr
+
+        self.data = data
+        self.is_dataset = isinstance(data, xr.Dataset)
+        arrays = dict(data.data_vars) if self.is_dataset else {data.name if data.name is not None else "data": data}
+        if reduce_dims is None:
+            first = next(iter(arrays.values()))
+            reduce_dims = [first.dims[0]]
+        self.reduce_dims = list(reduce_dims)
+        self.parts: dict[Any, ArrayView] = {}
+        for var, arr in arrays.items():
+            missing = [d for d in self.reduce_dims if d not in arr.dims]
+            if missing:
+                raise DataError(f"variable {var!r} has no dimension(s) {missing} to reduce over (its dims: {list(arr.dims)})")
+            axes = [arr.dims.index(d) for d in self.reduce_dims]
+            other = [d for d in arr.dims if d not in self.reduce_dims]
+            grid = _label_grid(var, arr, other)
+            kind = "numpy" if isinstance(arr.data, np.ndarray) else "dask.array"
+            self.parts[var] = ArrayView(arr.data, axes, grid, kind)
+        self._dask = any(p._dask for p in self.parts.values())
+        self.names = [n for p in self.parts.values() for n in p.names]
+        self.dtypes = [t for p in self.parts.values() for t in p.dtypes]
+        self.numeric = [True] * len(self.names)
+
+    def moments(self, names: Sequence[Any]) -> Any:
+        self.positions(names)
+        wanted = set(names)
+        pieces = []
+        for part in self.parts.values():
+            mine = [n for n in part.names if n in wanted]
+            if mine:
+                pieces.append((mine, part.moments(mine)))
+        order = {n: i for i, n in enumerate(n for mine, _ in pieces for n in mine)}
+        index = np.array([order[n] for n in names], dtype=np.int64)
+        if self._dask:
+            import dask
+
+            return dask.delayed(_concat_take, pure=True)([m for _, m in pieces], index)
+        return _concat_take([m for _, m in pieces], index)
+
+    def transform(self, names: Sequence[Any], params: Affine, inverse: bool) -> Any:
+        self.positions(names)
+        where = {n: i for i, n in enumerate(names)}
+        out = self.data.copy(deep=False)
+        for var, part in self.parts.items():
+            mine = [n for n in part.names if n in where]
+            if not mine:
+                continue
+            scaled = part.transform(mine, params.take([where[n] for n in mine]), inverse)
+            if self.is_dataset:
+                out[var] = out[var].copy(data=scaled)
+            else:
+                out = out.copy(data=scaled)
+        return out
+
+
+def _concat_take(parts: list[Moments], index: np.ndarray) -> Moments:
+    return Moments.concat(parts).take(index)
+
+
+def _label_grid(var: Any, arr: Any, other: Sequence[str]) -> np.ndarray:
+    shape = tuple(arr.sizes[d] for d in other)
+    if not other:
+        return np.array(str(var), dtype=object).reshape(())
+    labels = [
+        [str(v) for v in (arr[d].values if d in arr.coords else range(arr.sizes[d]))] for d in other
+    ]
+    grid = np.empty(shape, dtype=object)
+    for idx in np.ndindex(shape):
+        grid[idx] = f"{var}[{','.join(labels[k][i] for k, i in enumerate(idx))}]"
+    return grid
+
+
+def view_of(data: Any, feature_names: Sequence[Any] | None = None, reduce_dims: Sequence[str] | None = None) -> View:
+    """The :class:`View` for ``data``.
+
+    Raises
+    ------
+    DataError
+        ``data`` is of a kind scalepipe does not accept, or an array is not 2-D.
+    """
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return FrameView(data, "pandas")
+    if _is_instance(data, "dask.dataframe", "DataFrame"):
+        return FrameView(data, "dask.dataframe")
+    if _is_instance(data, "xarray", "DataArray") or _is_instance(data, "xarray", "Dataset"):
+        return XarrayView(data, reduce_dims)
+    is_dask = _is_instance(data, "dask.array", "Array")
+    if isinstance(data, np.ndarray) or is_dask:
+        if data.ndim != 2:
+            raise DataError(
+                f"expected a 2-D array (rows x features), got shape {data.shape}; "
+                "reshape it, or wrap it in an xarray.DataArray to name the dims to reduce over"
+            )
+        n = data.shape[1]
+        names = list(feature_names) if feature_names is not None else list(range(n))
+        if len(names) != n:
+            raise DataError(f"feature_names has {len(names)} names for an array of {n} columns")
+        grid = np.empty(n, dtype=object)
+        grid[:] = names
+        return ArrayView(data, (0,), grid, "dask.array" if is_dask else "numpy")
+    raise DataError(
+        f"cannot scale a {type(data).__module__}.{type(data).__name__}; pass a numpy array, "
+        "pandas or dask DataFrame, dask array, or xarray DataArray/Dataset"
+    )
