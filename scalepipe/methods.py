@@ -314,7 +314,8 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object]) -> Affine
     lo, hi = np.full(m.shape, lo_val), np.full(m.shape, hi_val)
     if scaler.constant_policy in ("zero", "passthrough"):
         keep = scaler.constant_policy == "passthrough"
-        center = np.where(constant, 0.0, center)
+        # zero keeps the constant as center, so the inverse maps 0 back to it
+        center = np.where(constant, 0.0 if keep else m.mean, center)
         scale = np.where(constant, 1.0 if keep else 0.0, scale)
         offset = np.where(constant, 0.0, offset)
         lo = np.where(constant, -np.inf, lo)

@@ -1,0 +1,180 @@
+"""The four methods: scikit-learn parity, decimal edge cases, constant policies."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import scalepipe as sp
+from scalepipe.errors import DataError, ParameterError
+from scalepipe.methods import decimal_exponent, scaler_from_dict
+
+preprocessing = pytest.importorskip("sklearn.preprocessing")
+
+
+def data_with_nan_and_constant(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = np.column_stack([rng.normal(3, 2, 500), rng.lognormal(size=500), np.full(500, 4.5), 1e6 + rng.random(500)])
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[:, 2] = 4.5
+    return x
+
+
+@pytest.mark.parametrize("feature_range", [(0.0, 1.0), (-1.0, 1.0), (2.0, 5.0)])
+@pytest.mark.parametrize("clip", [False, True])
+def test_minmax_matches_sklearn(feature_range, clip):
+    x = data_with_nan_and_constant()
+    ref = preprocessing.MinMaxScaler(feature_range=feature_range, clip=clip).fit(x)
+    model = sp.fit(x, [sp.MinMax(feature_range=feature_range, clip=clip)])
+    probe = x * 1.5 - 1.0  # out of the fitted range, so clipping matters
+    # tolerance: 1e-12 relative, 1e-12 absolute near zero
+    np.testing.assert_allclose(model.transform(probe), ref.transform(probe), atol=1e-12, rtol=1e-12)
+    scaled = model.transform(x)
+    np.testing.assert_allclose(model.inverse_transform(scaled), x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_mean", [True, False])
+@pytest.mark.parametrize("with_std", [True, False])
+def test_zscore_matches_sklearn(with_mean, with_std):
+    # the 1e6 + U(0, 1) column is left out: there scikit-learn's mean is an ulp
+    # off, 3e-9 standard deviations (see test_zscore_exact_where_sklearn_drifts)
+    x = data_with_nan_and_constant(1)[:, :3]
+    ref = preprocessing.StandardScaler(with_mean=with_mean, with_std=with_std).fit(x)
+    model = sp.fit(x, [sp.ZScore(with_mean=with_mean, with_std=with_std)])
+    # tolerance: 1e-12 relative, 1e-12 absolute near zero
+    out, expected = model.transform(x), ref.transform(x)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.inverse_transform(out), x, rtol=1e-12, atol=1e-12)
+
+
+def test_zscore_exact_where_sklearn_drifts():
+    from fractions import Fraction
+
+    x = data_with_nan_and_constant(1)[:, 3:]
+    values = [Fraction(v) for v in x[~np.isnan(x)]]
+    mean = sum(values, Fraction(0)) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    expected = (x - float(mean)) / std
+    # tolerance: 1e-12 absolute on O(1) outputs
+    np.testing.assert_allclose(sp.fit(x, [sp.ZScore()]).transform(x), expected, atol=1e-12)
+
+
+def test_zscore_ddof():
+    x = np.random.default_rng(2).normal(size=(50, 2))
+    out = sp.fit(x, [sp.ZScore(ddof=1)]).transform(x)
+    np.testing.assert_allclose(out, (x - x.mean(0)) / x.std(0, ddof=1), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("absmax", "j"),
+    [(999.9, 3), (1000.0, 4), (0.05, -1), (0.0, 0), (1.0, 1), (0.1, 0), (0.099, -1), (1e-300, -299), (5e307, 308)],
+)
+def test_decimal_exponent(absmax, j):
+    assert decimal_exponent(absmax) == j
+    if absmax:
+        assert absmax / 10.0**j < 1 <= absmax / 10.0 ** (j - 1) or j - 1 < -300
+
+
+def test_decimal_negative_only_and_zero_columns():
+    x = np.array([[-999.9, 0.0, 0.05], [-5.0, 0.0, -0.01]])
+    model = sp.fit(x, [sp.Decimal()])
+    np.testing.assert_allclose(model.transform(x), x / np.array([1e3, 1.0, 1e-1]), rtol=1e-15)
+    assert np.all(np.abs(model.transform(x)) < 1)
+
+
+def test_batchnorm_global():
+    x = np.random.default_rng(4).normal(10, 3, size=(400, 3))
+    model = sp.fit(x, [sp.BatchNorm(gamma=2.0, beta=0.5, eps=1e-3)])
+    expected = 2.0 * (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3) + 0.5
+    np.testing.assert_allclose(model.transform(x), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.inverse_transform(expected), x, rtol=1e-12)
+
+
+def test_nan_in_nan_out():
+    x = np.array([[1.0, np.nan], [2.0, 3.0], [np.nan, 4.0]])
+    for scaler in (sp.MinMax(), sp.ZScore(), sp.Decimal(), sp.BatchNorm()):
+        out = sp.fit(x, [scaler]).transform(x)
+        assert np.array_equal(np.isnan(out), np.isnan(x)), scaler.method
+
+
+CONSTANT = np.column_stack([np.full(20, 3.0), np.linspace(0, 1, 20)])
+NEAR_CONSTANT = 0.1 + np.arange(20)[:, None] * np.spacing(0.1) * 0  # 0.1 exactly, many times
+
+
+@pytest.mark.parametrize("method", ["minmax", "zscore", "decimal", "batchnorm"])
+def test_constant_policy_unit_scale(method):
+    model = sp.fit(CONSTANT, [scaler_from_dict({"method": method})])
+    out = model.transform(CONSTANT)[:, 0]
+    expected = {"minmax": 0.0, "zscore": 0.0, "decimal": 0.3, "batchnorm": 0.0}[method]
+    np.testing.assert_allclose(out, expected, atol=1e-15)
+    np.testing.assert_allclose(model.inverse_transform(model.transform(CONSTANT))[:, 0], 3.0, rtol=1e-15)
+
+
+@pytest.mark.parametrize("method", ["minmax", "zscore", "decimal", "batchnorm"])
+def test_constant_policy_zero(method):
+    model = sp.fit(CONSTANT, [scaler_from_dict({"method": method, "constant_policy": "zero"})])
+    probe = np.array([[3.0, 0.5], [np.nan, 0.5]])
+    out = model.transform(probe)
+    assert out[0, 0] == 0.0 and math.isnan(out[1, 0])
+    back = model.inverse_transform(out)
+    assert back[0, 0] == 3.0 and math.isnan(back[1, 0])
+    assert model.summary()[0]["constant"] and not model.summary()[1]["constant"]
+
+
+@pytest.mark.parametrize("method", ["minmax", "zscore", "decimal", "batchnorm"])
+def test_constant_policy_passthrough(method):
+    model = sp.fit(CONSTANT, [scaler_from_dict({"method": method, "constant_policy": "passthrough", "columns": [0]})])
+    assert np.array_equal(model.transform(CONSTANT)[:, 0], CONSTANT[:, 0])
+    assert np.array_equal(model.inverse_transform(CONSTANT)[:, 0], CONSTANT[:, 0])
+
+
+@pytest.mark.parametrize("method", ["minmax", "zscore", "decimal", "batchnorm"])
+def test_constant_policy_error_names_column(method):
+    with pytest.raises(DataError, match=r"'c0'.*constant"):
+        sp.fit(CONSTANT, [scaler_from_dict({"method": method, "constant_policy": "error"})], feature_names=["c0", "c1"])
+
+
+def test_tiny_real_spread_is_not_constant():
+    x = (1e12 + 1e-3 * np.random.default_rng(0).random(1000))[:, None]
+    model = sp.fit(x, [sp.ZScore()])
+    out = model.transform(x)
+    assert not model.summary()[0]["constant"]
+    np.testing.assert_allclose(out.std(), 1.0, rtol=1e-9)
+
+
+def test_ulp_level_range_is_constant():
+    x = np.array([[1.0], [1.0 + np.spacing(1.0)], [1.0]])
+    assert sp.fit(x, [sp.ZScore()]).summary()[0]["constant"]
+
+
+def test_all_nan_column_is_an_error():
+    x = np.array([[np.nan, 1.0], [np.nan, 2.0]])
+    with pytest.raises(DataError, match="'empty'.*missing"):
+        sp.fit(x, [sp.ZScore()], feature_names=["empty", "ok"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"method": "minmax", "feature_range": [1, 0]}, "feature_range"),
+        ({"method": "minmax", "feature_range": [0, 0]}, "feature_range"),
+        ({"method": "batchnorm", "eps": 0}, "eps"),
+        ({"method": "batchnorm", "momentum": 0}, "momentum"),
+        ({"method": "batchnorm", "momentum": 1.5}, "momentum"),
+        ({"method": "zscore", "ddof": -1}, "ddof"),
+        ({"method": "zscore", "constant_policy": "clamp"}, "constant_policy"),
+        ({"method": "zscore", "bogus": 1}, "bogus"),
+        ({"method": "robust"}, "method"),
+    ],
+)
+def test_impossible_parameters(spec, field):
+    with pytest.raises(ParameterError) as info:
+        scaler_from_dict(spec)
+    assert info.value.field == field
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ParameterError, match="batchnorm, decimal, minmax, zscore"):
+        scaler_from_dict({"method": "robust"})
