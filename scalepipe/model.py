@@ -65,7 +65,7 @@ def resolve_columns(view: View, scalers: Sequence[Scaler]) -> tuple[list[Feature
         if scaler.columns is None:
             claimed = [n for n in view.names if numeric[n] and n not in rule_of]
         for pattern in scaler.columns or ():
-            if isinstance(pattern, str) and _GLOB_CHARS & set(pattern):
+            if isinstance(pattern, str) and pattern not in numeric and _GLOB_CHARS & set(pattern):
                 hits = [n for n in view.names if isinstance(n, str) and fnmatch.fnmatchcase(n, pattern)]
                 claimed += [n for n in hits if numeric[n] and n not in rule_of and n not in claimed]
                 continue

@@ -99,7 +99,7 @@ def array_moments(x: Any, reduce_axes: Sequence[int], names: np.ndarray) -> Dela
     slices = _block_slices(other_chunks)
     merged = []
     for o, where in zip(other_grid, slices):
-        block_names = names[where]
+        block_names = np.asarray(names[where], dtype=object)
         parts = [
             dask.delayed(_nd_block_moments, pure=True)(blocks[r + o], n_reduce, block_names)
             for r in reduce_grid

@@ -1,0 +1,130 @@
+"""The artifact: exact round trip, and a clear error for every damaged file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import scalepipe as sp
+from scalepipe.artifact import checksum
+from scalepipe.errors import ArtifactError
+
+from .conftest import mixed_frame
+
+RULES = [sp.ZScore(["offset", "tiny"]), sp.MinMax(["f*", "lognormal"], feature_range=(-1, 1), clip=True), sp.Decimal(["count"]), sp.BatchNorm(["const"])]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = sp.fit(mixed_frame(500), RULES)
+    path = tmp_path / "stats.json"
+    model.save(path)
+    return model, path
+
+
+def test_round_trip_bit_identical(saved, tmp_path):
+    model, path = saved
+    loaded = sp.load(path)
+    assert loaded.moments.identical(model.moments)
+    for k in ("center", "scale", "offset", "lo", "hi"):
+        assert np.array_equal(getattr(loaded.params, k), getattr(model.params, k))
+    assert loaded.scalers == model.scalers and loaded.features == model.features
+    df = mixed_frame(100, seed=9)
+    assert loaded.transform(df).equals(model.transform(df))
+    loaded.save(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == path.read_text()
+
+
+def test_is_plain_json_with_header(saved):
+    _, path = saved
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "scalepipe.stats" and doc["schema_version"] == 1
+    assert doc["checksum"].startswith("sha256:") and doc["scalepipe_version"] == sp.__version__
+    assert [f["name"] for f in doc["features"]] == ["offset", "tiny", "lognormal", "f32", "const", "count"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 30), st.integers(1, 3)),
+                  elements=st.floats(allow_infinity=False, allow_nan=True, allow_subnormal=True, width=64)))
+def test_round_trip_any_floats(tmp_path_factory, x):
+    if np.isnan(x).all(axis=0).any():
+        x[0, np.isnan(x).all(axis=0)] = 0.0
+    try:
+        model = sp.fit(x, [sp.MinMax(constant_policy="passthrough")])
+    except sp.DataError:
+        return  # e.g. a range that overflows float64
+    path = tmp_path_factory.mktemp("rt") / "s.json"
+    model.save(path)
+    loaded = sp.load(path)
+    assert loaded.moments.identical(model.moments)
+    assert all(np.array_equal(getattr(loaded.params, k), getattr(model.params, k), equal_nan=True) for k in ("center", "scale", "offset"))
+
+
+def _rewrite(path, mutate):
+    doc = json.loads(path.read_text())
+    mutate(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_truncated(saved):
+    _, path = saved
+    path.write_text(path.read_text()[:-200])
+    with pytest.raises(ArtifactError, match=rf"{path.name}: not valid JSON .*truncated"):
+        sp.load(path)
+
+
+def test_edited_value(saved):
+    _, path = saved
+    _rewrite(path, lambda d: d["statistics"]["mean"].__setitem__(0, 1.0))
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        sp.load(path)
+
+
+def test_newer_schema(saved):
+    _, path = saved
+
+    def bump(d):
+        d["schema_version"] = 2
+        d["checksum"] = checksum(d)
+
+    _rewrite(path, bump)
+    with pytest.raises(ArtifactError, match="schema version 2 is newer"):
+        sp.load(path)
+
+
+@pytest.mark.parametrize("text", ['{"hello": 1}', "[1, 2]", '{"format": "other"}'])
+def test_not_an_artifact(tmp_path, text):
+    path = tmp_path / "x.json"
+    path.write_text(text)
+    with pytest.raises(ArtifactError, match="x.json: not a scalepipe statistics file"):
+        sp.load(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ArtifactError, match="nope.json: statistics file not found"):
+        sp.load(tmp_path / "nope.json")
+
+
+def test_no_checksum(saved):
+    _, path = saved
+    _rewrite(path, lambda d: d.pop("checksum"))
+    with pytest.raises(ArtifactError, match="no checksum"):
+        sp.load(path)
+
+
+def test_never_unpickles(saved):
+    """A pickle payload in a field is data: it is rejected, never executed."""
+    _, path = saved
+
+    def poison(d):
+        d["scalers"][0]["method"] = "cos\nsystem\n(S'touch /tmp/pwned'\ntR."
+        d["checksum"] = checksum(d)
+
+    _rewrite(path, poison)
+    with pytest.raises(ArtifactError, match="malformed"):
+        sp.load(path)

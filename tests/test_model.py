@@ -1,0 +1,227 @@
+"""The fitted model across data kinds, column rules, partial_fit and bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scalepipe as sp
+from scalepipe.errors import ColumnError, DataError, ParameterError
+
+from .conftest import mixed_frame
+
+RULES = [sp.ZScore(["offset", "tiny"]), sp.MinMax(["f*", "lognormal"], feature_range=(-1, 1)), sp.Decimal(["count"])]
+NUMERIC = ["offset", "tiny", "lognormal", "f32", "const", "count"]
+
+
+def assert_same_model(a: sp.Model, b: sp.Model, rtol: float = 1e-12) -> None:
+    assert a.feature_names == b.feature_names
+    assert np.array_equal(a.moments.count, b.moments.count)
+    np.testing.assert_array_equal(a.moments.min, b.moments.min)
+    np.testing.assert_array_equal(a.moments.max, b.moments.max)
+    np.testing.assert_allclose(a.moments.mean, b.moments.mean, rtol=rtol)
+    np.testing.assert_allclose(a.moments.var(), b.moments.var(), rtol=rtol, atol=1e-300)
+    for k in ("center", "scale", "offset"):
+        np.testing.assert_allclose(getattr(a.params, k), getattr(b.params, k), rtol=rtol)
+
+
+def test_rules_first_match_wins_and_passthrough():
+    df = mixed_frame(300)
+    model = sp.fit(df, RULES)
+    methods = {f.name: model.scalers[f.rule].method for f in model.features}
+    assert methods == {"offset": "zscore", "tiny": "zscore", "lognormal": "minmax", "f32": "minmax", "count": "decimal"}
+    assert model.passthrough == ["const"]
+    out = model.transform(df)
+    assert list(out.columns) == list(df.columns)
+    assert out["const"].equals(df["const"]) and out["id"].equals(df["id"])
+    assert out["f32"].dtype == np.float32 and out["count"].dtype == np.float64
+
+
+def test_transform_does_not_modify_input():
+    df = mixed_frame(300)
+    before = df.copy(deep=True)
+    x = df[NUMERIC].to_numpy()
+    x_before = x.copy()
+    sp.fit(df, RULES).transform(df)
+    sp.fit(x, [sp.ZScore()]).transform(x)
+    pd.testing.assert_frame_equal(df, before)
+    assert np.array_equal(x, x_before, equal_nan=True)
+
+
+def test_transform_matches_numpy_reference():
+    df = mixed_frame(1000)
+    out = sp.fit(df, [sp.ZScore(["lognormal"]), sp.MinMax(["f32"])]).transform(df)
+    col = df["lognormal"].to_numpy()
+    expected = (col - np.nanmean(col)) / np.nanstd(col)
+    np.testing.assert_allclose(out["lognormal"].to_numpy(), expected, rtol=1e-12, atol=1e-12)
+    f = df["f32"].to_numpy(np.float64)
+    expected32 = ((f - np.nanmin(f)) / (np.nanmax(f) - np.nanmin(f))).astype(np.float32)
+    np.testing.assert_allclose(out["f32"].to_numpy(), expected32, rtol=1e-6)
+
+
+def test_same_model_for_every_kind(client):
+    dd = pytest.importorskip("dask.dataframe")
+    da = pytest.importorskip("dask.array")
+    xr = pytest.importorskip("xarray")
+    df = mixed_frame(3000)[NUMERIC].astype(np.float64)
+    x = df.to_numpy()
+    rules = [sp.ZScore([0, 1]), sp.MinMax([2, 3]), sp.Decimal([5])]
+    names = list(range(6))
+    base = sp.fit(x, rules)
+    by_kind = {
+        "pandas": sp.fit(df.set_axis(names, axis=1), rules),
+        "dask.array": sp.fit(da.from_array(x, chunks=(700, 4)), rules),
+        "dask.dataframe": sp.fit(dd.from_pandas(df.set_axis([str(n) for n in names], axis=1), npartitions=5),
+                                 [sp.ZScore(["0", "1"]), sp.MinMax(["2", "3"]), sp.Decimal(["5"])]),
+        "xarray": sp.fit(xr.DataArray(x, dims=("row", "feature")).chunk({"row": 900}), [sp.ZScore(["data[0]", "data[1]"]), sp.MinMax(["data[2]", "data[3]"]), sp.Decimal(["data[5]"])]),
+    }
+    for kind, model in by_kind.items():
+        model.features = [type(f)(names[i], f.dtype, f.rule) for i, f in zip([0, 1, 2, 3, 5], model.features)]
+        assert_same_model(model, base)
+    ref = base.transform(x)
+    np.testing.assert_allclose(by_kind["dask.array"].transform(da.from_array(x, chunks=(700, 4))).compute(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_dask_transform_is_lazy_and_keeps_partitions(client):
+    dd = pytest.importorskip("dask.dataframe")
+    df = mixed_frame(2000)
+    ddf = dd.from_pandas(df, npartitions=4)
+    model = sp.fit(ddf, RULES)
+    out = model.transform(ddf)
+    assert out.npartitions == 4
+    pd.testing.assert_frame_equal(out.compute()[NUMERIC], sp.fit(df, RULES).transform(df)[NUMERIC], rtol=1e-12, atol=1e-12)
+
+
+def test_xarray_reduce_dims_per_coordinate(client):
+    xr = pytest.importorskip("xarray")
+    rng = np.random.default_rng(5)
+    values = rng.normal(10, 3, size=(40, 6, 3, 5))
+    arr = xr.DataArray(values, dims=("time", "lat", "level", "ch"), coords={"level": [850, 500, 250]}, name="t")
+    lazy = arr.chunk({"time": 9, "lat": 4, "ch": 2})
+    model = sp.fit(lazy, [sp.ZScore()], reduce_dims=["time", "lat"])
+    assert model.feature_names[:2] == ["t[850,0]", "t[850,1]"]
+    flat = values.reshape(40 * 6, 15)
+    np.testing.assert_allclose(model.moments.mean, flat.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(model.moments.var(), flat.var(0), rtol=1e-12)
+    out = model.transform(lazy)
+    assert out.chunks == lazy.chunks and out.dims == lazy.dims
+    expected = (values - values.mean((0, 1))) / values.std((0, 1))
+    np.testing.assert_allclose(out.values, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(model.transform(arr).values, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_xarray_dataset(client):
+    xr = pytest.importorskip("xarray")
+    rng = np.random.default_rng(6)
+    ds = xr.Dataset({"a": (("t", "c"), rng.normal(size=(30, 2))), "b": (("t",), rng.random(30))}).chunk({"t": 7})
+    model = sp.fit(ds, [sp.MinMax(["a*"]), sp.ZScore(["b"])])
+    out = model.transform(ds).compute()
+    a = ds["a"].values
+    np.testing.assert_allclose(out["a"].values, (a - a.min(0)) / (a.max(0) - a.min(0)), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(out["b"].values, (ds["b"].values - ds["b"].values.mean()) / ds["b"].values.std(), rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(1, 499), min_size=1, max_size=5, unique=True))
+def test_partial_fit_equals_one_fit(seed, cuts):
+    df = mixed_frame(500, seed % 1000)
+    bounds = [0, *sorted(cuts), 500]
+    pieces = [df.iloc[a:b] for a, b in zip(bounds, bounds[1:])]
+    model = sp.fit(pieces[0], RULES)
+    for piece in pieces[1:]:
+        model.partial_fit(piece)
+    assert_same_model(model, sp.fit(df, RULES))
+
+
+def test_partial_fit_of_a_loaded_model(tmp_path):
+    df = mixed_frame(600)
+    sp.fit(df.iloc[:200], RULES).save(tmp_path / "s.json")
+    updated = sp.load(tmp_path / "s.json").partial_fit(df.iloc[200:])
+    assert_same_model(updated, sp.fit(df, RULES))
+
+
+def test_missing_fitted_column():
+    df = mixed_frame(50)
+    model = sp.fit(df, RULES)
+    with pytest.raises(ColumnError, match="'tiny'.*not in the data"):
+        model.transform(df.drop(columns=["tiny"]))
+
+
+def test_non_numeric_fitted_column_at_transform():
+    df = mixed_frame(50)
+    model = sp.fit(df, RULES)
+    with pytest.raises(ColumnError, match="'offset'.*not numeric"):
+        model.transform(df.assign(offset="x"))
+
+
+def test_rule_naming_string_column():
+    with pytest.raises(ColumnError, match=r"scalers\[0\] \(zscore\): column 'id' has dtype .* not numeric"):
+        sp.fit(mixed_frame(50), [sp.ZScore(["id"])])
+
+
+def test_rule_naming_missing_column():
+    with pytest.raises(ColumnError, match=r"scalers\[1\] \(minmax\): column 'nope' not found"):
+        sp.fit(mixed_frame(50), [sp.ZScore(["offset"]), sp.MinMax(["nope"])])
+
+
+def test_rule_matching_nothing():
+    with pytest.raises(ColumnError, match=r"scalers\[1\] \(minmax\): \['zz\*'\] matches no"):
+        sp.fit(mixed_frame(50), [sp.ZScore(), sp.MinMax(["zz*"])])
+
+
+def test_inf_at_fit_names_column(client):
+    dd = pytest.importorskip("dask.dataframe")
+    df = mixed_frame(100)
+    df.loc[60, "lognormal"] = np.inf
+    with pytest.raises(DataError, match="'lognormal'.*infinite"):
+        sp.fit(df, RULES)
+    with pytest.raises(DataError, match="'lognormal'.*infinite"):
+        sp.fit(dd.from_pandas(df, npartitions=3), RULES)
+
+
+def test_empty_dataset():
+    with pytest.raises(DataError, match="no rows"):
+        sp.fit(mixed_frame(10).iloc[:0], RULES)
+
+
+def test_unknown_method_in_dict_rule():
+    with pytest.raises(ParameterError, match=r"scalers\[0\]\.method: unknown method 'robust'"):
+        sp.fit(mixed_frame(10), [{"method": "robust"}])
+
+
+def test_bad_kinds():
+    with pytest.raises(DataError, match="2-D"):
+        sp.fit(np.arange(5.0), [sp.ZScore()])
+    with pytest.raises(DataError, match="cannot scale a builtins.list"):
+        sp.fit([[1.0]], [sp.ZScore()])
+
+
+def test_inference_without_dask(tmp_path):
+    df = mixed_frame(200)
+    model = sp.fit(df, RULES)
+    model.save(tmp_path / "stats.json")
+    df.iloc[:1].to_parquet(tmp_path / "row.parquet")
+    expected = model.transform(df.iloc[:1])
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import pandas as pd
+        import scalepipe as sp
+        row = pd.read_parquet({str(tmp_path / 'row.parquet')!r})
+        out = sp.load({str(tmp_path / 'stats.json')!r}).transform(row)
+        out.to_parquet({str(tmp_path / 'got.parquet')!r})
+        leaked = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'xarray'))
+        print(','.join(leaked))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+    got = pd.read_parquet(tmp_path / "got.parquet")
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
