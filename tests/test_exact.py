@@ -1,0 +1,325 @@
+"""Exact sums against rational arithmetic, and their merge laws (bit-identical)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scalepipe import exact
+from scalepipe.errors import ArtifactError, DataError
+from scalepipe.exact import (
+    S1_LIMBS,
+    S2_LIMBS,
+    ExactSums,
+    chunk_exact_sums,
+    exact_mean_m2,
+    from_lists,
+    merge_exact,
+    merge_exact_all,
+    to_lists,
+)
+from scalepipe.stats import NonFiniteError
+
+try:
+    from scalepipe import _exact_numba  # noqa: F401
+
+    HAVE_NUMBA = True
+except ImportError:
+    HAVE_NUMBA = False
+
+KERNELS = ["numpy", pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing"))]
+
+
+@pytest.fixture(params=KERNELS)
+def kernel(request, monkeypatch):
+    """Run the test with the numpy kernel and (where installed) the numba kernel."""
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1" if request.param == "numpy" else "")
+    return request.param
+
+
+def _to_float(q: Fraction) -> float:
+    try:
+        return float(q)
+    except OverflowError:
+        return math.inf
+
+
+def reference(column: np.ndarray) -> tuple[float, float]:
+    """Correctly rounded mean and m2 of the non-NaN values, by ``Fraction``."""
+    values = [Fraction(float(v)) for v in column if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    n = len(values)
+    s1 = sum(values, Fraction(0))
+    mean = s1 / n
+    m2 = sum(((v - mean) ** 2 for v in values), Fraction(0))
+    return _to_float(mean), _to_float(m2)
+
+
+def exact_ints(s: ExactSums) -> list[tuple[Fraction, Fraction]]:
+    """The sums held by ``s`` as fractions, from the limbs."""
+    out = []
+    for i in range(s.s1.shape[0]):
+        a1 = sum(int(v) << (32 * k) for k, v in enumerate(s.s1[i]))
+        a2 = sum(int(v) << (32 * k) for k, v in enumerate(s.s2[i]))
+        out.append((Fraction(a1, 1 << 1074), Fraction(a2, 1 << 2148)))
+    return out
+
+
+def check_against_reference(x: np.ndarray) -> None:
+    s = chunk_exact_sums(x)
+    count = (~np.isnan(x)).sum(axis=0)
+    mean, m2 = exact_mean_m2(s, count)
+    for j in range(x.shape[1]):
+        col = x[:, j]
+        values = [Fraction(float(v)) for v in col if not math.isnan(v)]
+        assert exact_ints(s)[j] == (sum(values, Fraction(0)), sum((v * v for v in values), Fraction(0)))
+        want_mean, want_m2 = reference(col)
+        np.testing.assert_array_equal([mean[j], m2[j]], [want_mean, want_m2], err_msg=f"column {j}")
+    assert_canonical(s)
+
+
+def assert_canonical(s: ExactSums) -> None:
+    for limbs in (s.s1, s.s2):
+        low = limbs[..., :-1]
+        assert ((low >= 0) & (low < 2**32)).all()
+
+
+def datasets() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(42)
+    n = 400
+    tiny = np.array([5e-324, -5e-324, 2.2250738585072014e-308, 1e-310, -3e-320, 1e-300, -1e-300])
+    huge = np.array([1e300, -1e300, 1.7976931348623157e308, -1.7976931348623157e308, 3e307])
+    mixed = np.concatenate([tiny, huge, [1.0, -0.1, 0.0, -0.0, np.nan]])
+    with_nan = rng.standard_normal(n)
+    with_nan[rng.random(n) < 0.2] = np.nan
+    return {
+        "normal": np.column_stack([rng.standard_normal(n), 3 * rng.standard_normal(n) - 7]),
+        "nan": with_nan[:, None],
+        "subnormal": (rng.standard_normal(n) * 1e-310)[:, None],
+        "1e300": (rng.standard_normal(n) * 1e300)[:, None],
+        "1e-300": (rng.standard_normal(n) * 1e-300)[:, None],
+        "1e-160": (rng.standard_normal(n) * 1e-160)[:, None],
+        "mixed_magnitudes": rng.permutation(np.tile(mixed, 20))[:, None],
+        "tiny_spread": (1e12 + 1e-3 * rng.random(n))[:, None],
+        "offset": (1e9 + rng.standard_normal(n))[:, None],
+        "float32": (1e4 + rng.standard_normal((n, 2))).astype(np.float32).astype(np.float64),
+        "zeros": np.zeros((5, 2)),
+        "one_row": np.array([[3.5, -1e300, 5e-324, np.nan]]),
+        "all_nan_column": np.column_stack([np.full(n, np.nan), rng.random(n)]),
+        "cancelling": np.array([[1e300], [1.0], [-1e300], [1e-300], [2.0**-1074]]),
+        "lognormal": rng.lognormal(0.0, 20.0, (n, 1)),
+    }
+
+
+@pytest.mark.parametrize("name", list(datasets()))
+def test_matches_fraction_reference(name, kernel):
+    check_against_reference(datasets()[name])
+
+
+def test_zero_rows(kernel):
+    s = chunk_exact_sums(np.empty((0, 3)))
+    assert s.identical(ExactSums.empty(3))
+    mean, m2 = exact_mean_m2(s, np.zeros(3, np.int64))
+    assert np.isnan(mean).all() and np.isnan(m2).all()
+
+
+def test_float32_input_is_exact(kernel):
+    x32 = (np.random.default_rng(1).standard_normal((100, 3)) * 1e20).astype(np.float32)
+    assert chunk_exact_sums(x32).identical(chunk_exact_sums(x32.astype(np.float64)))
+
+
+def test_rejects_non_float_and_bad_shape():
+    with pytest.raises(DataError, match="floating-point"):
+        chunk_exact_sums(np.arange(4).reshape(2, 2))
+    with pytest.raises(DataError, match="2-D"):
+        chunk_exact_sums(np.ones(3))
+
+
+def test_inf_raises_naming_the_column(kernel):
+    x = np.ones((50, 4))
+    x[10, 2] = -np.inf
+    x[3, 0] = np.nan
+    with pytest.raises(NonFiniteError) as info:
+        chunk_exact_sums(x)
+    assert info.value.positions == [2]
+
+
+def test_layouts_and_views_agree(kernel):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((301, 7)) * np.logspace(-200, 200, 7)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    want = chunk_exact_sums(x)
+    assert chunk_exact_sums(np.asfortranarray(x)).identical(want)
+    wide = np.zeros((301, 14))
+    wide[:, ::2] = x
+    assert chunk_exact_sums(wide[:, ::2]).identical(want)
+    assert chunk_exact_sums(x[::-1]).identical(want)
+
+
+def test_numpy_sub_blocks(monkeypatch):
+    """Many numpy sub-blocks (and one-row sub-blocks) give the same limbs."""
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+    x = np.random.default_rng(4).standard_normal((257, 5)) * 1e100
+    want = chunk_exact_sums(x)
+    for sub in (1, 7, 64):
+        monkeypatch.setattr(exact, "_SUB_VALUES", sub)
+        assert chunk_exact_sums(x).identical(want)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
+def test_numba_and_numpy_identical(monkeypatch):
+    rng = np.random.default_rng(5)
+    scales = np.array([1.0, 1e-300, 1e300, 1e12, 5e-324, 1e-160, 1e160, 1.0])
+    x = rng.standard_normal((2000, 8)) * scales
+    x[:, 3] += 1e12
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[::7, 7] = 0.0
+    for block in (x, np.asfortranarray(x), x[::3, ::2]):
+        monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+        a = chunk_exact_sums(block)
+        monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
+        b = chunk_exact_sums(block)
+        assert a.identical(b)
+
+
+def _pieces(x: np.ndarray, n_pieces: int, seed: int) -> list[np.ndarray]:
+    cuts = sorted(random.Random(seed).choices(range(x.shape[0] + 1), k=n_pieces - 1))
+    return np.split(x, cuts)
+
+
+def _shuffled_merge(parts: list[ExactSums], seed: int) -> ExactSums:
+    """Merge ``parts`` pairwise in a random order and a random tree shape."""
+    rnd = random.Random(seed)
+    pool = list(parts)
+    while len(pool) > 1:
+        a = pool.pop(rnd.randrange(len(pool)))
+        b = pool.pop(rnd.randrange(len(pool)))
+        pool.append(merge_exact(a, b) if rnd.random() < 0.5 else merge_exact(b, a))
+    return pool[0]
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+values = st.one_of(
+    finite,
+    st.just(math.nan),
+    st.floats(-1e3, 1e3),
+    st.floats(min_value=-1e-300, max_value=1e-300),
+    st.sampled_from([0.0, -0.0, 5e-324, 1e300, -1e300, 1e12 + 0.5]),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    data=st.lists(st.lists(values, min_size=3, max_size=3), min_size=1, max_size=120),
+    n_pieces=st.sampled_from([1, 3, 17, 100]),
+    seed=st.integers(0, 2**31),
+)
+def test_bit_identical_under_any_chunking_and_merge_order(data, n_pieces, seed):
+    x = np.array(data, dtype=np.float64)
+    whole = chunk_exact_sums(x)
+    parts = [chunk_exact_sums(p) for p in _pieces(x, n_pieces, seed)]
+    merged = _shuffled_merge(parts, seed)
+    assert merged.identical(whole)
+    assert merge_exact_all(parts[::-1]).identical(whole)
+    count = (~np.isnan(x)).sum(axis=0)
+    for got, want in zip(exact_mean_m2(merged, count), exact_mean_m2(whole, count)):
+        assert np.array_equal(got, want, equal_nan=True)
+    mean, m2 = exact_mean_m2(whole, count)
+    for j in range(x.shape[1]):
+        np.testing.assert_array_equal([mean[j], m2[j]], reference(x[:, j]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), n_pieces=st.sampled_from([3, 17, 100]))
+def test_partitioning_invariance_on_hard_columns(seed, n_pieces):
+    """The columns where float merges drift: offsets, tiny spreads, mixed scales."""
+    rng = np.random.default_rng(seed)
+    n = 1000
+    x = np.column_stack(
+        [1e12 + 1e-3 * rng.random(n), 1e9 + rng.standard_normal(n), rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, n)]
+    )
+    whole = chunk_exact_sums(x)
+    parts = [chunk_exact_sums(p) for p in _pieces(x, n_pieces, seed)]
+    assert _shuffled_merge(parts, seed).identical(whole)
+
+
+def test_merge_identity_and_many_values_do_not_overflow():
+    x = np.array([[1.7976931348623157e308, -5e-324, 1e-300]])
+    one = chunk_exact_sums(x)
+    assert merge_exact(ExactSums.empty(3), one).identical(one)
+    # 2**40 copies of each value, by repeated doubling: far beyond 2**31 values.
+    s = one
+    for _ in range(40):
+        s = merge_exact(s, s)
+    assert_canonical(s)
+    for (s1, s2), v in zip(exact_ints(s), x[0]):
+        assert s1 == Fraction(v) * 2**40 and s2 == Fraction(v) ** 2 * 2**40
+    mean, m2 = exact_mean_m2(s, np.full(3, 2**40))
+    assert mean.tolist() == x[0].tolist()
+    assert m2.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_m2_beyond_the_largest_double_is_inf():
+    x = np.array([[1e300], [-1e300]])
+    mean, m2 = exact_mean_m2(chunk_exact_sums(x), np.array([2]))
+    assert mean.tolist() == [0.0] and m2.tolist() == [math.inf]
+
+
+def test_inconsistent_count_raises():
+    s = chunk_exact_sums(np.array([[1.0], [2.0], [3.0]]))
+    with pytest.raises(ValueError, match="inconsistent"):
+        exact_mean_m2(s, np.array([1]))
+    with pytest.raises(ValueError, match="shape"):
+        exact_mean_m2(s, np.array([3, 3]))
+
+
+def test_json_round_trip():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((100, 4)) * np.array([1.0, 1e300, -1e-300, 1e-320])
+    s = chunk_exact_sums(x).reshape((2, 2))
+    text = json.dumps(to_lists(s))
+    back = from_lists(json.loads(text))
+    assert back.identical(s) and back.shape == (2, 2)
+    # a restored model keeps updating exactly
+    more = chunk_exact_sums(x[:10]).reshape((2, 2))
+    assert merge_exact(back, more).identical(merge_exact(s, more))
+    d = to_lists(s)
+    d["s1"] = [int(v, 16) for v in d["s1"]]  # plain JSON ints are accepted too
+    assert from_lists(d).identical(s)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.pop("s2"),
+        lambda d: d.update(s1_exp=-1000),
+        lambda d: d.update(s1=d["s1"][:1]),
+        lambda d: d.update(s2=["-0x1"] * len(d["s2"])),
+        lambda d: d.update(s1=["zz"] * len(d["s1"])),
+        lambda d: d.update(s1=[hex(1 << 3000)] * len(d["s1"])),
+    ],
+)
+def test_from_lists_rejects_malformed(change):
+    d = to_lists(chunk_exact_sums(np.ones((3, 2))))
+    change(d)
+    with pytest.raises(ArtifactError):
+        from_lists(d)
+
+
+def test_feature_shape_helpers():
+    x = np.random.default_rng(7).standard_normal((20, 6))
+    s = chunk_exact_sums(x)
+    assert s.reshape((2, 3)).shape == (2, 3)
+    assert s.take([4, 1]).identical(chunk_exact_sums(x[:, [4, 1]]))
+    assert ExactSums.concat([s.take([0, 1]), s.take([2, 3, 4, 5])]).identical(s)
+    assert s.s1.shape == (6, S1_LIMBS) and s.s2.shape == (6, S2_LIMBS)
+    with pytest.raises(ValueError):
+        ExactSums(np.zeros((2, 3), np.int64), np.zeros((2, S2_LIMBS), np.int64))
