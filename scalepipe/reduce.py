@@ -27,9 +27,29 @@ __all__ = ["array_moments", "compute", "frame_moments", "transform_array", "tran
 _merge = dask.delayed(merge_all, pure=True)
 
 
+def _active_client() -> Any:
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
 def compute(*lazy: Delayed) -> tuple[Any, ...]:
-    """Evaluate the lazy statistics together: every chunk is read once."""
-    return dask.compute(*lazy)
+    """Evaluate the lazy statistics together: every chunk is read once.
+
+    With ``dask.config`` ``scalepipe.progress`` true and a distributed client
+    active, a progress bar follows the work.
+    """
+    client = _active_client() if dask.config.get("scalepipe.progress", False) else None
+    if client is None:
+        return dask.compute(*lazy)
+    from distributed import progress
+
+    futures = client.compute(list(lazy))
+    progress(futures)
+    return tuple(client.gather(futures))
 
 
 def _frame_block_moments(df: Any, columns: list[str]) -> Moments:

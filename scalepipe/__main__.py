@@ -1,0 +1,5 @@
+"""``python -m scalepipe`` is the ``scalepipe`` command."""
+
+from .cli import main
+
+main()

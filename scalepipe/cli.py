@@ -1,0 +1,162 @@
+"""The ``scalepipe`` command line (click).
+
+Subcommands import the pipeline lazily so ``scalepipe --help`` starts fast.
+Every user-facing error is printed as one line ``error: ...`` naming the key,
+file or column at fault, with a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from . import __version__
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _echo(quiet: bool) -> Callable[[str], None]:
+    return (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
+
+
+def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn exceptions into one-line messages and exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        from .errors import ScalepipeError
+
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except ScalepipeError as err:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {' '.join(str(err).split())}", err=True)
+            sys.exit(EXIT_ERROR)
+        except Exception as err:  # an unexpected failure: still one line unless --debug
+            if debug:
+                traceback.print_exc()
+            message = " ".join(str(err).split()) or type(err).__name__
+            click.echo(f"error: {type(err).__name__}: {message} (run with --debug for the traceback)", err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+def _job_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.argument("config", type=click.Path(dir_okay=False)),
+            click.option("--scheduler", metavar="ADDRESS", help="Connect to this Dask scheduler (tcp://host:8786)."),
+            click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable)."),
+            click.option("--quiet", "-q", is_flag=True, help="No progress output."),
+            click.option("--debug", is_flag=True, help="Show tracebacks."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scalepipe")
+def main() -> None:
+    """Exact, one-pass feature scaling on Dask: fit statistics, persist them, scale data."""
+
+
+def _run(mode: str, config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool, update: bool = False) -> None:
+    import dask
+
+    from .config import load_config
+    from .pipeline import run_job
+
+    cfg = load_config(config, overrides)
+    with dask.config.set({"scalepipe.progress": not quiet}):
+        result = run_job(cfg, mode, scheduler=scheduler, update=update, echo=_echo(quiet))  # type: ignore[arg-type]
+    if not quiet:
+        parts = [f"{result.rows} rows", f"{len(result.model.features)} features"]
+        if result.stats_path:
+            parts.append(f"statistics -> {result.stats_path}")
+        if result.output_path:
+            parts.append(f"output -> {result.output_path}")
+        click.echo(f"done in {result.seconds:.1f}s: " + ", ".join(parts))
+
+
+@main.command()
+@_job_options
+@_handle_errors
+def run(config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Fit, persist the statistics, transform and write the output."""
+    _run("run", config, scheduler, overrides, quiet)
+
+
+@main.command()
+@_job_options
+@click.option("--update", is_flag=True, help="Merge the new data into the existing statistics (partial_fit).")
+@_handle_errors
+def fit(config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool, update: bool) -> None:
+    """Fit and persist the statistics only."""
+    _run("fit", config, scheduler, overrides, quiet, update)
+
+
+@main.command()
+@_job_options
+@_handle_errors
+def transform(config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Apply the persisted statistics (stats.path) to the input and write the output."""
+    _run("transform", config, scheduler, overrides, quiet)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_handle_errors
+def validate(config: str, overrides: tuple[str, ...]) -> None:
+    """Check the config and the input's schema without computing."""
+    from .config import load_config
+    from .pipeline import validate_job
+
+    for line in validate_job(load_config(config, overrides)):
+        click.echo(line)
+    click.echo(f"{config}: ok")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if math.isinf(value) else f"{value:.6g}"
+    return str(value)
+
+
+@main.command()
+@click.argument("stats", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_handle_errors
+def inspect(stats: str, as_json: bool) -> None:
+    """Print the statistics and parameters of a statistics file as a table."""
+    from .model import load
+
+    model = load(stats)
+    rows = model.summary()
+    if as_json:
+        click.echo(json.dumps(rows, indent=1, default=str))
+        return
+    columns = ["feature", "method", "count", "nan", "min", "max", "mean", "std", "center", "scale", "offset", "constant"]
+    table = [[_fmt(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for t in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+    meta = model.meta
+    click.echo(f"\n{len(rows)} features, {len(model.passthrough)} passthrough; created {meta.get('created')}; config {meta.get('config_hash')}")
