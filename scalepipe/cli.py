@@ -81,7 +81,7 @@ def _run(mode: str, config: str, scheduler: str | None, overrides: tuple[str, ..
     from .pipeline import run_job
 
     cfg = load_config(config, overrides)
-    with dask.config.set({"scalepipe.progress": not quiet}):
+    with dask.config.set({"scalepipe.progress": not quiet and sys.stdout.isatty()}):
         result = run_job(cfg, mode, scheduler=scheduler, update=update, echo=_echo(quiet))  # type: ignore[arg-type]
     if not quiet:
         parts = [f"{result.rows} rows", f"{len(result.model.features)} features"]

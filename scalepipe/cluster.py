@@ -58,7 +58,11 @@ def _start_slurm(cfg: ClusterConfig) -> Any:
 
 @contextlib.contextmanager
 def open_cluster(
-    cfg: ClusterConfig, *, scheduler: str | None = None, echo: Callable[[str], None] = lambda _: None
+    cfg: ClusterConfig,
+    *,
+    scheduler: str | None = None,
+    echo: Callable[[str], None] = lambda _: None,
+    input_path: str | None = None,
 ) -> Iterator[Any]:
     """Connect to (or start) the configured cluster; yield a ``distributed.Client``.
 
@@ -70,6 +74,8 @@ def open_cluster(
         A scheduler address that overrides ``cfg.address`` (``--scheduler``).
     echo
         Receives one line with the dashboard link.
+    input_path
+        The job's input, which the workers must be able to read.
 
     Raises
     ------

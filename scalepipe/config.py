@@ -443,12 +443,14 @@ def parse_config(text: str, source: str = "<string>", overrides: Sequence[str] =
 
 
 def config_hash(cfg: Config) -> str:
-    """``"sha256:<hex>"`` of the validated config as canonical JSON.
+    """``"sha256:<hex>"`` of what determines the statistics: ``input``, ``stats``, ``scalers``.
 
     Key order, comments, defaults written out or left implicit, and YAML
-    spellings of one value do not change the hash; any validated value does.
+    spellings of one value do not change the hash; nor do the cluster, the
+    output or the report, which do not change the statistics.
     """
-    canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    relevant = cfg.model_dump(mode="json", include={"input", "stats", "scalers"})
+    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -16,6 +16,7 @@ This module imports numpy only.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -256,7 +257,7 @@ def scaler_from_dict(d: dict[str, Any]) -> Scaler:
     if name not in METHODS:
         raise ParameterError("method", f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
-    valid = [f for f in cls.__dataclass_fields__ if not f.startswith("_")]
+    valid = [f.name for f in dataclasses.fields(cls)]
     for key in d:
         if key not in valid:
             raise ParameterError(key, f"not a parameter of {name!r}; valid: {', '.join(valid)}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import Config, config_hash
+from .config import TABLE_FORMATS, Config, config_hash
 from .errors import ColumnError, ConfigError, OutputError
 from .model import Model, fit, load, resolve_columns
 from .views import view_of
@@ -27,8 +27,6 @@ from .views import view_of
 __all__ = ["JobResult", "run_job", "validate_job"]
 
 Mode = Literal["run", "fit", "transform"]
-
-TABLE_FORMATS = ("parquet", "csv")
 
 
 @dataclass
@@ -161,7 +159,7 @@ def run_job(
     _ensure_demo_input(cfg, echo)
     data, files, schema = _open_input(cfg)
     previous = load(cfg.stats.path) if mode == "transform" or update else None
-    with open_cluster(cfg.cluster, scheduler=scheduler, echo=echo):
+    with open_cluster(cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path):
         if previous is not None and mode == "transform":
             model = previous
             output = model.transform(data)  # checks the columns before any work

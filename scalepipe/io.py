@@ -1,0 +1,1213 @@
+"""Sources and sinks: Parquet, CSV, Zarr and NetCDF in; atomic, verifiable writes out.
+
+This module knows nothing about scaling. It turns paths into lazy Dask
+collections and writes Dask collections to disk so that a destination is
+either absent, the previous output, or the complete new output -- never a
+half-written folder (the design's invariant 6, "Nothing is lost").
+
+Reading
+    :func:`read_table` (Parquet, CSV) returns a :class:`TableSource`: a lazy
+    ``dask.dataframe.DataFrame`` with one partition per Parquet row-group run
+    or CSV block, the file behind each partition, and the schema. Every
+    Parquet footer is opened before any work so a corrupt file is reported by
+    name up front. :func:`read_array` (Zarr, NetCDF) returns a dask-backed
+    ``xarray.Dataset`` chunked as stored.
+
+Writing (the commit protocol)
+    :func:`write_table` and :func:`write_array` write into a staging folder
+    ``.<name>.staging-<uuid>`` beside the destination, from tasks on the Dask
+    workers, then write a ``_SUCCESS`` manifest (file names, row counts,
+    sha256, sizes), fsync, and ``os.rename`` the folder into place. An existing
+    destination is replaced only with ``overwrite=True`` and only if it carries
+    scalepipe's own manifest. :func:`write_text_atomic` does the same for one
+    small file (the statistics JSON).
+
+Paths are local filesystem paths (``file://`` is accepted). With a distributed
+cluster the workers read and write the same paths, so a cluster whose workers
+run on other machines needs those paths on a shared filesystem.
+
+Runtime knobs (``dask.config``, read at call time):
+
+``scalepipe.io.parquet-partition-size`` (default ``"128MiB"``)
+    Consecutive row groups of one Parquet file are read as one partition up to
+    this uncompressed size; a larger row group is a partition of its own.
+``scalepipe.io.csv-blocksize`` (default ``"64MiB"``)
+    Uncompressed CSV files are split into blocks of about this size.
+``scalepipe.io.csv-sample-rows`` (default ``10000``)
+    Rows of the first CSV file read to infer the column dtypes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import glob
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import dask
+import dask.config
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dask.utils import parse_bytes
+from fsspec.utils import read_block
+
+from scalepipe.errors import ColumnError, InputError, OutputError, ScalepipeError
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    import xarray as xr
+
+__all__ = [
+    "Manifest",
+    "OutputFile",
+    "TableSource",
+    "check_paths",
+    "read_array",
+    "read_manifest",
+    "read_table",
+    "verify_output",
+    "write_array",
+    "write_bytes_atomic",
+    "write_table",
+    "write_text_atomic",
+]
+
+MANIFEST_NAME = "_SUCCESS"
+MANIFEST_FORMAT = "scalepipe.output"
+MANIFEST_VERSION = 1
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_COMPRESSED_CSV = (".gz", ".bz2", ".xz", ".zst", ".zip", ".tar")
+_HASH_BLOCK = 1 << 20
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------
+
+
+def _local(path: str) -> str:
+    """``path`` with ``~`` expanded and a ``file://`` scheme removed; other schemes refused."""
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        raise InputError(
+            f"path {path!r}: only local filesystem paths are supported "
+            "(mount remote storage, or use a path on a shared filesystem)"
+        )
+    return os.path.expanduser(text)
+
+
+def _fixed_prefix(path: str) -> str:
+    """The leading components of ``path`` before the first one with a glob character."""
+    if not _GLOB_CHARS.search(path):
+        return path
+    parts = Path(path).parts
+    fixed: list[str] = []
+    for part in parts:
+        if _GLOB_CHARS.search(part):
+            break
+        fixed.append(part)
+    return str(Path(*fixed)) if fixed else "."
+
+
+def _resolved(path: str) -> Path:
+    """Absolute, symlink-free form of ``path`` (or of its fixed prefix when it is a glob)."""
+    return Path(os.path.realpath(_fixed_prefix(_local(path))))
+
+
+def check_paths(input_path: str, output_path: str, *, output_root: str | None = None) -> None:
+    """Refuse an output that could overwrite or be read as the input.
+
+    Both paths are normalised (``~`` expanded, globs cut to their fixed
+    prefix, symlinks and ``..`` resolved) before they are compared, so this is
+    safe to call before anything exists on disk.
+
+    Parameters
+    ----------
+    input_path
+        The input file, folder or glob.
+    output_path
+        The output file or folder.
+    output_root
+        If given, the output must lie inside this folder (or be it).
+
+    Raises
+    ------
+    OutputError
+        The output equals the input, lies inside it, contains it, or escapes
+        ``output_root``.
+
+    Examples
+    --------
+    >>> check_paths("data/train/*.parquet", "out/train_scaled")
+    """
+    source = _resolved(input_path)
+    target = _resolved(output_path)
+    if target == source:
+        raise OutputError(
+            f"output path {output_path!r} is the input path {input_path!r}; "
+            "the input is never overwritten: choose another output path"
+        )
+    if target.is_relative_to(source):
+        raise OutputError(
+            f"output path {output_path!r} lies inside the input {input_path!r} "
+            f"(resolved: {str(target)!r} in {str(source)!r}); choose an output outside the input"
+        )
+    if source.is_relative_to(target):
+        raise OutputError(
+            f"output path {output_path!r} contains the input {input_path!r} "
+            f"(resolved: {str(source)!r} in {str(target)!r}); replacing it would delete the input"
+        )
+    if output_root is not None:
+        root = _resolved(output_root)
+        if not target.is_relative_to(root):
+            raise OutputError(
+                f"output path {output_path!r} resolves to {str(target)!r}, outside the "
+                f"allowed output root {str(root)!r}; choose a path under {output_root!r}"
+            )
+
+
+def _natural_key(path: str) -> list[Any]:
+    """Sort key that orders ``part.9`` before ``part.10``."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", path)]
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
+def _data_files(path: str) -> list[str]:
+    """The data files a table path names, in natural sorted order.
+
+    A directory is walked recursively; names starting with ``_`` or ``.``
+    (``_SUCCESS``, ``.crc`` files, ``_temporary`` folders) are skipped.
+    """
+    local = _local(path)
+    if _GLOB_CHARS.search(local):
+        files = [
+            f
+            for f in glob.glob(local, recursive=True)
+            if os.path.isfile(f) and not _is_hidden(os.path.basename(f))
+        ]
+        if not files:
+            raise InputError(f"input path {path!r}: no files match this pattern")
+    elif os.path.isdir(local):
+        files = []
+        for root, dirs, names in os.walk(local):
+            dirs[:] = [d for d in dirs if not _is_hidden(d)]
+            files.extend(os.path.join(root, n) for n in names if not _is_hidden(n))
+        if not files:
+            raise InputError(
+                f"input path {path!r} is a folder with no data files "
+                "(names starting with '_' or '.' are ignored)"
+            )
+    elif os.path.isfile(local):
+        files = [local]
+    else:
+        raise InputError(f"input path {path!r} does not exist")
+    return sorted(files, key=_natural_key)
+
+
+# --------------------------------------------------------------------------
+# Reading tables
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """A lazily read table.
+
+    Attributes
+    ----------
+    frame
+        The data, one partition per Parquet row-group run or CSV block, in
+        file order then row order.
+    files
+        ``files[i]`` is the file partition ``i`` comes from, so that an error
+        in a partition can name its file.
+    schema
+        Column name -> pandas dtype string of ``frame`` (``"float64"``,
+        ``"float32"``, ``"string"``, ...), in column order; the index is not
+        included. Text comes out in dask's string dtype (pyarrow-backed unless
+        ``dataframe.convert-string`` is off).
+    """
+
+    frame: dd.DataFrame
+    files: list[str]
+    schema: dict[str, str]
+
+    @property
+    def paths(self) -> list[str]:
+        """The distinct files read, in order."""
+        return list(dict.fromkeys(self.files))
+
+
+def read_table(
+    path: str,
+    format: Literal["parquet", "csv"],
+    columns: Sequence[str] | None = None,
+) -> TableSource:
+    """Open a Parquet or CSV table lazily.
+
+    Parameters
+    ----------
+    path
+        A file, a folder (searched recursively; names starting with ``_`` or
+        ``.`` are ignored) or a glob (``data/*.parquet``, ``data/**/*.csv``).
+        Files are read in natural sorted order (``part.9`` before ``part.10``).
+    format
+        ``"parquet"`` or ``"csv"``.
+    columns
+        Columns to read, in this order; ``None`` reads all. Others are never
+        read.
+
+    Returns
+    -------
+    TableSource
+        ``frame``, ``files`` (the file of each partition) and ``schema``.
+
+    Raises
+    ------
+    InputError
+        The path is missing, holds no data files, a Parquet file is truncated
+        or corrupt, or the files' schemas differ (names the first odd file and
+        column).
+    ColumnError
+        A requested column is not in the data.
+
+    Notes
+    -----
+    Parquet: integer (and boolean) columns that may hold nulls, according to
+    the row-group statistics, are read as float64 (object for booleans) in
+    every partition, so all partitions share one dtype. CSV: integer-looking
+    columns are read as float64 for the same reason (a missing value further
+    down a file would otherwise change a block's dtype); other columns are
+    text. Blocks split at newlines, so a quoted field holding a newline must
+    not straddle a block boundary (as with ``dask.dataframe.read_csv``).
+
+    Examples
+    --------
+    >>> src = read_table("data/train/", "parquet")  # doctest: +SKIP
+    >>> src.frame.npartitions == len(src.files)  # doctest: +SKIP
+    True
+    """
+    if format == "parquet":
+        return _read_parquet(path, columns)
+    if format == "csv":
+        return _read_csv(path, columns)
+    raise InputError(f"table format {format!r} is not supported; use 'parquet' or 'csv'")
+
+
+def _selected(available: Sequence[str], columns: Sequence[str] | None, where: str) -> list[str]:
+    if columns is None:
+        return list(available)
+    if isinstance(columns, str):
+        columns = [columns]
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise ColumnError(
+            f"column {missing[0]!r} is not in {where}; its columns are: "
+            + ", ".join(repr(c) for c in available)
+        )
+    return list(columns)
+
+
+def _parquet_footer(path: str) -> pq.FileMetaData:
+    try:
+        return pq.read_metadata(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputError(
+            f"Parquet file {path!r} cannot be read (truncated, corrupt, or not Parquet): {exc}"
+        ) from exc
+
+
+def _schema_difference(first: pa.Schema, other: pa.Schema) -> str | None:
+    """How ``other`` differs from ``first``, naming the first odd column; None if alike."""
+    first_types = {f.name: f.type for f in first}
+    other_types = {f.name: f.type for f in other}
+    for name, typ in first_types.items():
+        if name not in other_types:
+            return f"lacks column {name!r}"
+        if other_types[name] != typ:
+            return f"has column {name!r} as {other_types[name]} where the first file has {typ}"
+    for name in other_types:
+        if name not in first_types:
+            return f"has column {name!r}, which the first file lacks"
+    return None
+
+
+def _may_hold_nulls(footer: pq.FileMetaData, column: str) -> bool:
+    """Whether the row-group statistics allow a null in leaf ``column`` (True if unknown)."""
+    leaves = [footer.schema.column(i).path for i in range(footer.num_columns)]
+    if column not in leaves:
+        return True
+    idx = leaves.index(column)
+    for rg in range(footer.num_row_groups):
+        stats = footer.row_group(rg).column(idx).statistics
+        if stats is None or not stats.has_null_count or stats.null_count > 0:
+            return True
+    return False
+
+
+def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> pd.DataFrame:
+    """Empty frame with the dtypes every partition is converted to."""
+    meta = schema.empty_table().to_pandas()
+    meta = meta[columns]
+    for name in columns:
+        dtype = meta[name].dtype
+        if name in nullable and dtype.kind in "iu":
+            meta[name] = meta[name].astype("float64")
+        elif name in nullable and dtype.kind == "b":
+            meta[name] = meta[name].astype(object)
+    return meta
+
+
+def _conform(df: pd.DataFrame, meta: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``df[columns]`` with the dtypes ``meta`` prescribes."""
+    df = df[list(columns)]
+    casts = {c: meta[c].dtype for c in columns if df[c].dtype != meta[c].dtype}
+    return df.astype(casts) if casts else df
+
+
+def _read_parquet_part(
+    part: tuple[str, tuple[int, ...]],
+    meta: pd.DataFrame,
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
+    path, row_groups = part
+    wanted = list(meta.columns) if columns is None else list(columns)
+    try:
+        pf = pq.ParquetFile(path)
+        if row_groups:
+            table = pf.read_row_groups(list(row_groups), columns=wanted, use_pandas_metadata=True)
+        else:
+            table = pf.read(columns=wanted, use_pandas_metadata=True)
+        df = table.to_pandas()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputError(f"Parquet file {path!r} cannot be read: {exc}") from exc
+    return _conform(df, meta, wanted)
+
+
+def _row_group_runs(footer: pq.FileMetaData, target: int) -> list[tuple[int, ...]]:
+    """Consecutive row groups grouped up to ``target`` uncompressed bytes each."""
+    runs: list[tuple[int, ...]] = []
+    current: list[int] = []
+    size = 0
+    for rg in range(footer.num_row_groups):
+        rg_size = footer.row_group(rg).total_byte_size
+        if current and size + rg_size > target:
+            runs.append(tuple(current))
+            current, size = [], 0
+        current.append(rg)
+        size += rg_size
+    if current:
+        runs.append(tuple(current))
+    return runs or [()]
+
+
+def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
+    import dask.dataframe as dd
+
+    files = _data_files(path)
+    footers = [_parquet_footer(f) for f in files]
+    schemas = [footer.schema.to_arrow_schema() for footer in footers]
+    first = schemas[0]
+    for file, schema in zip(files[1:], schemas[1:], strict=True):
+        difference = _schema_difference(first, schema)
+        if difference:
+            raise InputError(
+                f"Parquet file {file!r} {difference} ({files[0]!r} is the first file); "
+                "all files of a table must share one schema"
+            )
+    index_columns = {
+        c for c in (first.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)
+    }
+    data_columns = [n for n in first.names if n not in index_columns]
+    selected = _selected(data_columns, columns, f"the Parquet input {path!r}")
+    widened = [
+        f.name
+        for f in first
+        if f.name in selected and (pa.types.is_integer(f.type) or pa.types.is_boolean(f.type))
+    ]
+    nullable = {c for c in widened if any(_may_hold_nulls(ft, c) for ft in footers)}
+    meta = _parquet_meta(first, selected, nullable)
+
+    target = parse_bytes(dask.config.get("scalepipe.io.parquet-partition-size", "128MiB"))
+    parts = [
+        (file, run)
+        for file, footer in zip(files, footers, strict=True)
+        for run in _row_group_runs(footer, target)
+    ]
+    frame = dd.from_map(_read_parquet_part, parts, args=(meta,), meta=meta, label="read-parquet")
+    return TableSource(
+        frame=frame,
+        files=[file for file, _ in parts],
+        schema={c: str(dtype) for c, dtype in frame.dtypes.items()},
+    )
+
+
+def _csv_dtype(dtype: Any) -> str:
+    """The dtype a CSV column is parsed as, from the dtype inferred on a sample."""
+    kind = np.dtype(dtype).kind if isinstance(dtype, np.dtype) else "O"
+    if kind in "iuf":
+        return "float64"
+    if kind == "b":
+        return "bool"
+    return "str"
+
+
+def _csv_header(path: str) -> list[str]:
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"CSV file {path!r} has no readable header row: {exc}") from exc
+
+
+def _is_compressed(path: str) -> bool:
+    return path.lower().endswith(_COMPRESSED_CSV)
+
+
+def _csv_bad_column(data: bytes, names: list[str], meta: pd.DataFrame, wanted: list[str]) -> str:
+    """The first float column of a CSV block holding a non-number, or ''."""
+    loose = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=wanted, dtype=str)
+    for col in wanted:
+        if meta[col].dtype.kind == "f":
+            parsed = pd.to_numeric(loose[col], errors="coerce")
+            bad = loose[col][parsed.isna() & loose[col].notna()]
+            if len(bad):
+                return f"column {col!r} holds {bad.iloc[0]!r}, not a number"
+    return ""
+
+
+def _read_csv_part(
+    part: tuple[str, int, int],
+    names: list[str],
+    meta: pd.DataFrame,
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
+    path, offset, length = part
+    wanted = list(meta.columns) if columns is None else list(columns)
+    dtypes = {c: meta[c].dtype for c in wanted}
+    try:
+        if length < 0:
+            data = b""
+            df = pd.read_csv(path, usecols=wanted, dtype=dtypes)
+        else:
+            with open(path, "rb") as f:
+                data = read_block(f, offset, length, delimiter=b"\n")
+            if offset == 0:
+                data = data.split(b"\n", 1)[1] if b"\n" in data else b""
+            if not data.strip():
+                return meta[wanted].copy()
+            df = pd.read_csv(
+                io.BytesIO(data), header=None, names=names, usecols=wanted, dtype=dtypes
+            )
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        where = f"bytes {offset}-{offset + length}" if length >= 0 else "whole file"
+        detail = _csv_bad_column(data, names, meta, wanted) if data else ""
+        raise InputError(
+            f"CSV file {path!r} ({where}) cannot be parsed: {detail or exc}"
+        ) from exc
+    return _conform(df, meta, wanted)
+
+
+def _csv_blocks(path: str, blocksize: int) -> list[tuple[str, int, int]]:
+    if _is_compressed(path):
+        return [(path, 0, -1)]
+    size = os.path.getsize(path)
+    return [(path, start, min(blocksize, size - start)) for start in range(0, size, blocksize)] or [
+        (path, 0, 0)
+    ]
+
+
+def _read_csv(path: str, columns: Sequence[str] | None) -> TableSource:
+    import dask.dataframe as dd
+
+    files = _data_files(path)
+    names = _csv_header(files[0])
+    for file in files[1:]:
+        other = _csv_header(file)
+        if other != names:
+            odd = next(
+                (f"has column {b!r} where the first file has {a!r}" for a, b in zip(names, other) if a != b),
+                f"has {len(other)} columns where the first file has {len(names)}",
+            )
+            raise InputError(
+                f"CSV file {file!r} {odd} ({files[0]!r} is the first file); "
+                "all files of a table must share one header"
+            )
+    selected = _selected(names, columns, f"the CSV input {path!r}")
+    sample_rows = int(dask.config.get("scalepipe.io.csv-sample-rows", 10_000))
+    try:
+        sample = pd.read_csv(files[0], nrows=sample_rows, usecols=selected)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"CSV file {files[0]!r} cannot be parsed: {exc}") from exc
+    meta = pd.DataFrame(
+        {c: pd.Series([], dtype=_csv_dtype(sample[c].dtype)) for c in selected}
+    )
+    blocksize = parse_bytes(dask.config.get("scalepipe.io.csv-blocksize", "64MiB"))
+    parts = [block for file in files for block in _csv_blocks(file, blocksize)]
+    frame = dd.from_map(_read_csv_part, parts, args=(names, meta), meta=meta, label="read-csv")
+    return TableSource(
+        frame=frame,
+        files=[file for file, _, _ in parts],
+        schema={c: str(dtype) for c, dtype in frame.dtypes.items()},
+    )
+
+
+# --------------------------------------------------------------------------
+# Reading arrays
+# --------------------------------------------------------------------------
+
+
+def read_array(
+    path: str,
+    format: Literal["zarr", "netcdf"],
+    variables: Sequence[str] | None = None,
+) -> xr.Dataset:
+    """Open a Zarr store or NetCDF file as a dask-backed ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    path
+        The Zarr store folder or the NetCDF file.
+    format
+        ``"zarr"`` or ``"netcdf"`` (read with the ``h5netcdf`` engine, the
+        ``scalepipe[netcdf]`` extra).
+    variables
+        Variables to keep (coordinates come along); ``None`` keeps all.
+
+    Returns
+    -------
+    xarray.Dataset
+        Lazy, chunked as stored.
+
+    Raises
+    ------
+    InputError
+        The path is missing or is not a readable store/file, or the NetCDF
+        backend is not installed.
+    ColumnError
+        A requested variable is not in the dataset.
+
+    Examples
+    --------
+    >>> ds = read_array("data/era5.zarr", "zarr", ["t2m"])  # doctest: +SKIP
+    """
+    import xarray as xr
+
+    local = _local(path)
+    if not os.path.exists(local):
+        raise InputError(f"input path {path!r} does not exist")
+    try:
+        if format == "zarr":
+            ds = xr.open_zarr(local, chunks={})
+        elif format == "netcdf":
+            missing = [m for m in ("h5netcdf", "h5py") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise InputError(
+                    f"reading NetCDF file {path!r} needs {' and '.join(missing)}: "
+                    "pip install 'scalepipe[netcdf]' (h5netcdf with h5py)"
+                )
+            ds = xr.open_dataset(local, engine="h5netcdf", chunks={})
+        else:
+            raise InputError(f"array format {format!r} is not supported; use 'zarr' or 'netcdf'")
+    except ScalepipeError:
+        raise
+    except Exception as exc:  # zarr, h5py and xarray raise many unrelated types
+        raise InputError(f"{format} input {path!r} cannot be opened: {exc}") from exc
+    if variables is None:
+        return ds
+    if isinstance(variables, str):
+        variables = [variables]
+    missing_vars = [v for v in variables if v not in ds.variables]
+    if missing_vars:
+        raise ColumnError(
+            f"variable {missing_vars[0]!r} is not in {path!r}; its data variables are: "
+            + ", ".join(repr(str(v)) for v in ds.data_vars)
+        )
+    return ds[list(variables)]
+
+
+# --------------------------------------------------------------------------
+# Durability helpers
+# --------------------------------------------------------------------------
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    for folder, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(folder)
+
+
+def _sha256_and_fsync(path: str) -> tuple[str, int]:
+    """sha256 hex digest and size of the file's bytes; flushes it to disk first."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def _remove_tree(path: str) -> None:
+    """Delete ``path``; a second pass catches files a still-running task added meanwhile."""
+    for _ in range(2):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+
+
+# --------------------------------------------------------------------------
+# Atomic single files
+# --------------------------------------------------------------------------
+
+
+def write_bytes_atomic(path: str, data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new, never a part.
+
+    A temporary file in the same folder is written, flushed and fsynced, then
+    moved into place with ``os.replace`` (or a hard link when
+    ``overwrite=False``, which fails if ``path`` appeared meanwhile) and the
+    folder is fsynced.
+
+    Raises
+    ------
+    OutputError
+        ``path`` exists and ``overwrite`` is false, ``path`` is a folder, or
+        the write failed (the old file, or nothing, is left).
+    """
+    target = os.path.abspath(_local(path))
+    parent = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise OutputError(f"output file {path!r} is a folder; choose a file path")
+    if not overwrite and os.path.lexists(target):
+        raise OutputError(
+            f"output file {path!r} already exists; set overwrite: true to replace it"
+        )
+    tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        mode = os.stat(target).st_mode & 0o777 if os.path.exists(target) else 0o644
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)
+            os.unlink(tmp)
+        _fsync_dir(parent)
+    except FileExistsError as exc:
+        raise OutputError(
+            f"output file {path!r} appeared while it was being written; "
+            "set overwrite: true to replace it"
+        ) from exc
+    except OSError as exc:
+        raise OutputError(f"writing {path!r} failed: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str, text: str, *, overwrite: bool = True) -> None:
+    """:func:`write_bytes_atomic` for UTF-8 text.
+
+    Examples
+    --------
+    >>> write_text_atomic("artifacts/stats.json", '{"format": "..."}')  # doctest: +SKIP
+    """
+    write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------
+# Manifests
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One data file of an output folder, as recorded in its ``_SUCCESS`` manifest."""
+
+    name: str
+    rows: int
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The ``_SUCCESS`` manifest of a scalepipe output.
+
+    Attributes
+    ----------
+    files
+        The data files in partition order (empty for a Zarr store).
+    rows
+        Total rows over ``files`` (0 for a Zarr store).
+    path
+        The output folder.
+    format
+        ``"parquet"``, ``"csv"`` or ``"zarr"``.
+    variables
+        Zarr stores: variable name -> shape.
+    """
+
+    files: tuple[OutputFile, ...]
+    rows: int
+    path: str
+    format: str = "parquet"
+    variables: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def _manifest_document(data_format: str, **content: Any) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "data_format": data_format,
+        **content,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _write_manifest(folder: str, document: dict[str, Any]) -> None:
+    target = os.path.join(folder, MANIFEST_NAME)
+    with open(target, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load_manifest_document(path: str) -> dict[str, Any] | None:
+    """The manifest JSON of a scalepipe output folder, or None if it is not one."""
+    local = _local(path)
+    if os.path.islink(local) or not os.path.isdir(local):
+        return None
+    try:
+        with open(os.path.join(local, MANIFEST_NAME), encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        return None
+    return doc
+
+
+def read_manifest(path: str) -> Manifest:
+    """Read the ``_SUCCESS`` manifest of a folder written by :func:`write_table` or :func:`write_array`.
+
+    Raises
+    ------
+    OutputError
+        ``path`` has no scalepipe manifest, or a newer manifest version.
+    """
+    doc = _load_manifest_document(path)
+    if doc is None:
+        raise OutputError(
+            f"{path!r} is not a complete scalepipe output (no scalepipe {MANIFEST_NAME} manifest)"
+        )
+    if doc.get("version") != MANIFEST_VERSION:
+        raise OutputError(
+            f"{path!r} has a manifest of version {doc.get('version')!r}; "
+            f"this scalepipe reads version {MANIFEST_VERSION}: upgrade scalepipe"
+        )
+    try:
+        files = tuple(
+            OutputFile(str(f["name"]), int(f["rows"]), str(f["sha256"]), int(f["bytes"]))
+            for f in doc.get("files", [])
+        )
+        variables = {
+            str(name): tuple(int(n) for n in spec["shape"])
+            for name, spec in doc.get("variables", {}).items()
+        }
+        return Manifest(
+            files=files,
+            rows=int(doc.get("rows", 0)),
+            path=os.path.abspath(_local(path)),
+            format=str(doc["data_format"]),
+            variables=variables,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OutputError(f"the {MANIFEST_NAME} manifest in {path!r} is malformed: {exc}") from exc
+
+
+def _file_rows(path: str, data_format: str) -> int | None:
+    if data_format == "parquet":
+        return pq.read_metadata(path).num_rows
+    return None
+
+
+def verify_output(path: str) -> Manifest:
+    """Check an output folder against its manifest.
+
+    Every listed file must exist with the recorded size and sha256 (and, for
+    Parquet, row count); no unlisted data file may be present. A Zarr store
+    must open with the recorded variables and shapes.
+
+    Returns
+    -------
+    Manifest
+        The verified manifest.
+
+    Raises
+    ------
+    OutputError
+        Naming the first file or variable that does not match.
+    """
+    manifest = read_manifest(path)
+    folder = manifest.path
+    if manifest.format == "zarr":
+        import xarray as xr
+
+        try:
+            ds = xr.open_zarr(folder, chunks={})
+        except (OSError, ValueError, KeyError) as exc:
+            raise OutputError(f"Zarr output {path!r} cannot be opened: {exc}") from exc
+        for name, shape in manifest.variables.items():
+            if name not in ds.variables or tuple(ds[name].shape) != shape:
+                raise OutputError(
+                    f"Zarr output {path!r}: variable {name!r} is missing or changed shape "
+                    f"(manifest: {shape})"
+                )
+        return manifest
+    listed = {f.name for f in manifest.files}
+    present = {n for n in os.listdir(folder) if not _is_hidden(n)}
+    extra = sorted(present - listed, key=_natural_key)
+    if extra:
+        raise OutputError(f"output {path!r} holds {extra[0]!r}, which its manifest does not list")
+    for entry in manifest.files:
+        file = os.path.join(folder, entry.name)
+        if not os.path.isfile(file):
+            raise OutputError(f"output {path!r}: file {entry.name!r} is missing")
+        digest, size = _sha256_and_fsync(file)
+        if size != entry.bytes or digest != entry.sha256:
+            raise OutputError(
+                f"output {path!r}: file {entry.name!r} differs from its manifest "
+                f"({size} bytes, sha256 {digest[:12]}... where {entry.bytes} bytes, "
+                f"{entry.sha256[:12]}... were written)"
+            )
+        rows = _file_rows(file, manifest.format)
+        if rows is not None and rows != entry.rows:
+            raise OutputError(
+                f"output {path!r}: file {entry.name!r} has {rows} rows, its manifest {entry.rows}"
+            )
+    if sum(f.rows for f in manifest.files) != manifest.rows:
+        raise OutputError(f"output {path!r}: the manifest's total rows disagree with its files")
+    return manifest
+
+
+# --------------------------------------------------------------------------
+# The commit protocol
+# --------------------------------------------------------------------------
+
+
+def _destination(path: str) -> str:
+    """Absolute destination path with its parent folder's symlinks resolved."""
+    local = os.path.abspath(_local(path))
+    name = os.path.basename(local.rstrip(os.sep))
+    if not name or name in (".", ".."):
+        raise OutputError(f"output path {path!r} does not name a folder to write")
+    return os.path.join(os.path.realpath(os.path.dirname(local.rstrip(os.sep))), name)
+
+
+def _refuse_existing(dest: str, path: str, overwrite: bool) -> None:
+    if not os.path.lexists(dest):
+        return
+    if not overwrite:
+        raise OutputError(
+            f"output {path!r} already exists; set `overwrite: true` (output.overwrite) "
+            "to replace it, or choose another path"
+        )
+    if _load_manifest_document(dest) is None:
+        raise OutputError(
+            f"output {path!r} exists and was not written by scalepipe, refusing to delete "
+            f"it (it has no scalepipe {MANIFEST_NAME} manifest); remove it yourself or "
+            "choose another path"
+        )
+
+
+def _commit(staging: str, dest: str, path: str, overwrite: bool) -> None:
+    """Move the complete ``staging`` folder to ``dest``; replace an old output if allowed."""
+    parent = os.path.dirname(dest)
+    if overwrite and os.path.lexists(dest):
+        _refuse_existing(dest, path, overwrite)
+        aside = os.path.join(parent, f".{os.path.basename(dest)}.old-{uuid.uuid4().hex}")
+        os.rename(dest, aside)
+        try:
+            os.rename(staging, dest)
+        except BaseException:
+            try:
+                os.rename(aside, dest)
+            except OSError as exc:
+                raise OutputError(
+                    f"output {path!r} was replaced by another writer while this one "
+                    f"committed; the previous output is kept at {aside!r}"
+                ) from exc
+            raise
+        _fsync_dir(parent)
+        _remove_tree(aside)
+        return
+    if os.path.lexists(dest):
+        raise OutputError(
+            f"output {path!r} appeared while it was being written (another writer?); "
+            "set `overwrite: true` to replace it"
+        )
+    try:
+        os.rename(staging, dest)
+    except OSError as exc:
+        raise OutputError(
+            f"output {path!r} appeared while it was being written (another writer?): {exc}"
+        ) from exc
+    _fsync_dir(parent)
+
+
+def _staged_write(path: str, overwrite: bool, fill: Callable[[str], T]) -> T:
+    """Run ``fill(staging_folder)``, then commit the folder to ``path``.
+
+    ``fill`` writes the data and the manifest. On any failure the staging
+    folder is removed and nothing changes at ``path``; a
+    :class:`ScalepipeError` or ``KeyboardInterrupt`` propagates as it is,
+    anything else becomes an :class:`OutputError` naming ``path``.
+    """
+    dest = _destination(path)
+    _refuse_existing(dest, path, overwrite)
+    parent = os.path.dirname(dest)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder of output {path!r}: {exc}") from exc
+    staging = os.path.join(parent, f".{os.path.basename(dest)}.staging-{uuid.uuid4().hex}")
+    try:
+        os.mkdir(staging)
+        result = fill(staging)
+        _fsync_dir(staging)
+        _commit(staging, dest, path, overwrite)
+        return result
+    except ScalepipeError:
+        _remove_tree(staging)
+        raise
+    except Exception as exc:
+        _remove_tree(staging)
+        raise OutputError(f"writing output {path!r} failed: {type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        _remove_tree(staging)
+        raise
+
+
+def _index_is_meaningful(meta: pd.DataFrame) -> bool:
+    """Keep the index unless it is an unnamed integer (positional) index."""
+    index = meta.index
+    return any(n is not None for n in index.names) or index.dtype.kind not in "iu"
+
+
+def _arrow_schema(meta: pd.DataFrame, keep_index: bool) -> pa.Schema | None:
+    """One Arrow schema for every partition; None where the meta cannot fix a type."""
+    try:
+        schema = pa.Schema.from_pandas(meta, preserve_index=keep_index)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    if any(pa.types.is_null(f.type) for f in schema):
+        return None
+    return schema
+
+
+def _write_partition(
+    df: pd.DataFrame,
+    folder: str,
+    number: int,
+    data_format: str,
+    keep_index: bool,
+    schema: pa.Schema | None,
+) -> dict[str, Any]:
+    """Write one partition as ``part.<number>`` in ``folder``; runs on a worker.
+
+    The file is written under a temporary name and renamed, so a retried task
+    replaces its file whole and a reader never sees a partial one.
+    """
+    name = f"part.{number:05d}.{data_format}"
+    final = os.path.join(folder, name)
+    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+    try:
+        if data_format == "parquet":
+            table = pa.Table.from_pandas(df, schema=schema, preserve_index=keep_index)
+            dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+            pq.write_table(
+                table, tmp, compression="snappy", use_dictionary=dictionary or False
+            )
+        else:
+            df.to_csv(tmp, index=keep_index, header=True)
+        digest, size = _sha256_and_fsync(tmp)
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(folder)
+    return {"name": name, "rows": len(df), "sha256": digest, "bytes": size}
+
+
+def write_table(
+    frame: dd.DataFrame | pd.DataFrame,
+    path: str,
+    format: Literal["parquet", "csv"],
+    *,
+    overwrite: bool = False,
+) -> Manifest:
+    """Write a table atomically: all of it at ``path``, or nothing changes there.
+
+    Each partition is written by a task on the active scheduler (the Dask
+    workers when a ``distributed.Client`` is active) as ``part.00000.parquet``,
+    ``part.00001.parquet``, ... in a staging folder beside ``path``; then a
+    ``_SUCCESS`` manifest is written, everything is fsynced, and the folder is
+    renamed into place. The data is computed once.
+
+    Parameters
+    ----------
+    frame
+        The table (a pandas frame is written as one partition). Column order
+        and dtypes are kept (float32 stays float32); the index is written only
+        when it is named or not an integer index.
+    path
+        The output folder.
+    format
+        ``"parquet"`` (snappy, no dictionary encoding for float columns) or
+        ``"csv"`` (with a header row).
+    overwrite
+        Replace an existing output. Only a folder with scalepipe's own
+        ``_SUCCESS`` manifest is ever replaced; the old one is moved aside,
+        the new one moved in, and the old one deleted (restored on failure).
+
+    Returns
+    -------
+    Manifest
+        Files (name, rows, sha256, bytes), total rows and path.
+
+    Raises
+    ------
+    OutputError
+        ``path`` exists (without ``overwrite``) or is not a scalepipe output,
+        another writer committed first, or the write failed (disk full, a
+        failing task, ...). Nothing is left at ``path`` and the staging folder
+        is removed. A :class:`ScalepipeError` raised while computing the data
+        (for example a ``DataError`` naming a column) propagates unchanged,
+        and so does ``KeyboardInterrupt``, after the same cleanup.
+
+    Examples
+    --------
+    >>> manifest = write_table(scaled, "out/train_scaled", "parquet")  # doctest: +SKIP
+    >>> manifest.rows  # doctest: +SKIP
+    1000000
+    """
+    import dask.dataframe as dd
+
+    if format not in ("parquet", "csv"):
+        raise OutputError(f"table output format {format!r} is not supported; use 'parquet' or 'csv'")
+    if isinstance(frame, pd.DataFrame):
+        frame = dd.from_pandas(frame, npartitions=1, sort=False)
+    meta = frame._meta
+    keep_index = _index_is_meaningful(meta)
+    schema = _arrow_schema(meta, keep_index) if format == "parquet" else None
+    writer = dask.delayed(_write_partition, pure=False)
+
+    def fill(staging: str) -> Manifest:
+        tasks = [
+            writer(part, staging, number, format, keep_index, schema)
+            for number, part in enumerate(frame.to_delayed())
+        ]
+        written = dask.compute(*tasks)
+        total = sum(item["rows"] for item in written)
+        _write_manifest(staging, _manifest_document(format, files=list(written), rows=total))
+        return Manifest(
+            files=tuple(OutputFile(**item) for item in written),
+            rows=total,
+            path=_destination(path),
+            format=format,
+        )
+
+    return _staged_write(path, overwrite, fill)
+
+
+def _without_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy whose variables are stored with their dask chunks.
+
+    A stored ``chunks`` encoding left over from reading conflicts with a
+    dataset that was rechunked since.
+    """
+    out = ds.copy(deep=False)
+    for var in out.variables.values():
+        for key in ("chunks", "preferred_chunks", "shards"):
+            var.encoding.pop(key, None)
+    return out
+
+
+def write_array(ds: xr.Dataset, path: str, *, overwrite: bool = False) -> None:
+    """Write a dataset to a Zarr store atomically, keeping its dask chunks.
+
+    The same protocol as :func:`write_table`: ``ds.to_zarr`` into a staging
+    store beside ``path`` (computed on the active scheduler), a ``_SUCCESS``
+    manifest inside the store naming the variables with their dims, shapes,
+    dtypes and chunks, fsync, rename.
+
+    Raises
+    ------
+    OutputError
+        As for :func:`write_table`; also when the chunks cannot be stored in
+        Zarr (chunks must be uniform except the last along each dimension).
+
+    Examples
+    --------
+    >>> write_array(scaled_ds, "out/scaled.zarr")  # doctest: +SKIP
+    """
+    data = _without_chunk_encoding(ds)
+
+    def fill(staging: str) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            data.to_zarr(staging, mode="w")
+        variables = {
+            str(name): {
+                "dims": [str(d) for d in var.dims],
+                "shape": list(var.shape),
+                "dtype": str(var.dtype),
+                "chunks": [list(c) for c in var.chunks] if var.chunks else None,
+            }
+            for name, var in data.variables.items()
+        }
+        _fsync_tree(staging)
+        _write_manifest(staging, _manifest_document("zarr", variables=variables))
+
+    _staged_write(path, overwrite, fill)
