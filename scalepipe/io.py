@@ -533,9 +533,8 @@ def _csv_blocks(path: str, blocksize: int) -> list[tuple[str, int, int]]:
     if _is_compressed(path):
         return [(path, 0, -1)]
     size = os.path.getsize(path)
-    return [(path, start, min(blocksize, size - start)) for start in range(0, size, blocksize)] or [
-        (path, 0, 0)
-    ]
+    blocks = [(path, start, min(blocksize, size - start)) for start in range(0, size, blocksize)]
+    return blocks or [(path, 0, 0)]
 
 
 def _read_csv(path: str, columns: Sequence[str] | None) -> TableSource:
@@ -547,7 +546,11 @@ def _read_csv(path: str, columns: Sequence[str] | None) -> TableSource:
         other = _csv_header(file)
         if other != names:
             odd = next(
-                (f"has column {b!r} where the first file has {a!r}" for a, b in zip(names, other) if a != b),
+                (
+                    f"has column {b!r} where the first file has {a!r}"
+                    for a, b in zip(names, other)
+                    if a != b
+                ),
                 f"has {len(other)} columns where the first file has {len(names)}",
             )
             raise InputError(
@@ -829,7 +832,7 @@ def _load_manifest_document(path: str) -> dict[str, Any] | None:
 
 
 def read_manifest(path: str) -> Manifest:
-    """Read the ``_SUCCESS`` manifest of a folder written by :func:`write_table` or :func:`write_array`.
+    """Read the ``_SUCCESS`` manifest of an output of :func:`write_table` or :func:`write_array`.
 
     Raises
     ------
@@ -1135,7 +1138,9 @@ def write_table(
     import dask.dataframe as dd
 
     if format not in ("parquet", "csv"):
-        raise OutputError(f"table output format {format!r} is not supported; use 'parquet' or 'csv'")
+        raise OutputError(
+            f"table output format {format!r} is not supported; use 'parquet' or 'csv'"
+        )
     if isinstance(frame, pd.DataFrame):
         frame = dd.from_pandas(frame, npartitions=1, sort=False)
     meta = frame._meta
@@ -1196,7 +1201,8 @@ def write_array(ds: xr.Dataset, path: str, *, overwrite: bool = False) -> None:
 
     def fill(staging: str) -> None:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            # xarray consolidates by default; zarr 3 warns that this is outside its spec
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently")
             data.to_zarr(staging, mode="w")
         variables = {
             str(name): {

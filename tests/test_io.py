@@ -1,0 +1,696 @@
+"""Tests of scalepipe.io: sources, path checks, and the atomic commit protocol.
+
+Reads run on the synchronous scheduler; writes run on a real two-process
+``distributed.LocalCluster``; crash, disk-full and concurrent-writer cases run
+in child processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from scalepipe.errors import ColumnError, DataError, InputError, OutputError
+from scalepipe.io import (
+    MANIFEST_NAME,
+    TableSource,
+    _write_partition,
+    check_paths,
+    read_array,
+    read_manifest,
+    read_table,
+    verify_output,
+    write_array,
+    write_table,
+    write_text_atomic,
+)
+
+xr = pytest.importorskip("xarray")
+
+
+# --------------------------------------------------------------------------
+# Fixtures and helpers
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+    )
+    with distributed.Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+@pytest.fixture
+def sync():
+    with dask.config.set(scheduler="sync"):
+        yield
+
+
+def make_frame(start: int, rows: int) -> pd.DataFrame:
+    """Rows numbered from ``start``: an int id, float32 and float64 features, text."""
+    ids = np.arange(start, start + rows)
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "f32": (ids * 0.5).astype("float32"),
+            "f64": np.sqrt(ids.astype("float64")) + 1e9,
+            "name": [f"row{i}" for i in ids],
+        }
+    )
+
+
+def write_parquet_files(folder: Path, n_files: int, rows: int = 7) -> pd.DataFrame:
+    """``part.0.parquet`` .. ``part.<n-1>.parquet`` (unpadded, to test natural order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i in range(n_files):
+        df = make_frame(i * rows, rows)
+        df.to_parquet(folder / f"part.{i}.parquet", index=False)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Staging or set-aside folders left beside outputs."""
+    return sorted(p.name for p in parent.iterdir() if ".staging-" in p.name or ".old-" in p.name)
+
+
+def assert_same_frame(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    got = got.reset_index(drop=True)
+    expected = expected.reset_index(drop=True)
+    assert list(got.columns) == list(expected.columns)
+    for col in expected.columns:
+        if expected[col].dtype.kind in "fiu":
+            assert got[col].dtype == expected[col].dtype, col
+            np.testing.assert_array_equal(got[col].to_numpy(), expected[col].to_numpy())
+        else:
+            assert got[col].astype(str).tolist() == expected[col].astype(str).tolist()
+
+
+def run_child(script: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# --------------------------------------------------------------------------
+# read_table: Parquet
+# --------------------------------------------------------------------------
+
+
+def test_read_parquet_folder_keeps_natural_file_order_and_dtypes(tmp_path, sync):
+    expected = write_parquet_files(tmp_path / "in", n_files=12)
+    (tmp_path / "in" / "_SUCCESS").write_text("")
+    (tmp_path / "in" / ".part.0.parquet.crc").write_text("junk")
+
+    src = read_table(str(tmp_path / "in"), "parquet")
+
+    assert isinstance(src, TableSource)
+    assert src.frame.npartitions == len(src.files) == 12
+    assert [Path(f).name for f in src.files] == [f"part.{i}.parquet" for i in range(12)]
+    assert src.schema["id"] == "int64" and src.schema["f32"] == "float32"
+    assert src.schema["f64"] == "float64"
+    assert_same_frame(src.frame.compute(), expected)
+
+
+def test_read_parquet_single_file_and_glob(tmp_path, sync):
+    expected = write_parquet_files(tmp_path / "in", n_files=3)
+    one = read_table(str(tmp_path / "in" / "part.1.parquet"), "parquet")
+    assert_same_frame(one.frame.compute(), expected.iloc[7:14])
+
+    globbed = read_table(str(tmp_path / "in" / "*.parquet"), "parquet")
+    assert globbed.frame.npartitions == 3
+    assert_same_frame(globbed.frame.compute(), expected)
+
+
+def test_read_parquet_splits_large_files_by_row_group_in_order(tmp_path, sync):
+    df = make_frame(0, 1000)
+    (tmp_path / "in").mkdir()
+    df.to_parquet(tmp_path / "in" / "a.parquet", index=False, row_group_size=100)
+    df.iloc[::-1].to_parquet(tmp_path / "in" / "b.parquet", index=False, row_group_size=500)
+    with dask.config.set({"scalepipe.io.parquet-partition-size": 1}):
+        src = read_table(str(tmp_path / "in"), "parquet")
+    assert src.frame.npartitions == 12
+    assert src.files.count(str(tmp_path / "in" / "a.parquet")) == 10
+    assert_same_frame(src.frame.compute(), pd.concat([df, df.iloc[::-1]]))
+
+
+def test_read_parquet_selects_columns(tmp_path, sync):
+    expected = write_parquet_files(tmp_path / "in", n_files=2)
+    src = read_table(str(tmp_path / "in"), "parquet", columns=["f64", "id"])
+    assert list(src.schema) == ["f64", "id"]
+    assert_same_frame(src.frame.compute(), expected[["f64", "id"]])
+    assert_same_frame(src.frame[["id"]].compute(), expected[["id"]])
+    with pytest.raises(ColumnError, match="'nope'.*'f32'"):
+        read_table(str(tmp_path / "in"), "parquet", columns=["id", "nope"])
+
+
+def test_read_parquet_int_column_with_nulls_in_one_file_is_float64(tmp_path, sync):
+    (tmp_path / "in").mkdir()
+    table_a = pa.table({"k": pa.array([1, 2, 3], pa.int64())})
+    table_b = pa.table({"k": pa.array([4, None, 6], pa.int64())})
+    pq.write_table(table_a, tmp_path / "in" / "a.parquet")
+    pq.write_table(table_b, tmp_path / "in" / "b.parquet")
+    src = read_table(str(tmp_path / "in"), "parquet")
+    assert src.schema == {"k": "float64"}
+    got = src.frame.compute()
+    assert got["k"].dtype == np.float64
+    np.testing.assert_array_equal(got["k"].to_numpy(), [1, 2, 3, 4, np.nan, 6])
+
+
+def test_truncated_parquet_file_is_named_before_any_work(tmp_path):
+    write_parquet_files(tmp_path / "in", n_files=3)
+    bad = tmp_path / "in" / "part.1.parquet"
+    bad.write_bytes(bad.read_bytes()[:-30])
+    with pytest.raises(InputError, match=r"part\.1\.parquet.*(truncated|corrupt)"):
+        read_table(str(tmp_path / "in"), "parquet")
+
+
+def test_missing_and_empty_inputs(tmp_path):
+    with pytest.raises(InputError, match="nothing-here.*does not exist"):
+        read_table(str(tmp_path / "nothing-here"), "parquet")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "_SUCCESS").write_text("")
+    with pytest.raises(InputError, match="no data files"):
+        read_table(str(tmp_path / "empty"), "parquet")
+    with pytest.raises(InputError, match="no files match"):
+        read_table(str(tmp_path / "*.parquet"), "csv")
+
+
+def test_mismatched_parquet_schemas_name_file_and_column(tmp_path):
+    write_parquet_files(tmp_path / "in", n_files=3)
+    odd = make_frame(0, 3).rename(columns={"f64": "g64"})
+    odd.to_parquet(tmp_path / "in" / "part.2.parquet", index=False)
+    with pytest.raises(InputError, match=r"part\.2\.parquet.*'f64'"):
+        read_table(str(tmp_path / "in"), "parquet")
+    typed = make_frame(0, 3).astype({"f32": "float64"})
+    typed.to_parquet(tmp_path / "in" / "part.2.parquet", index=False)
+    with pytest.raises(InputError, match=r"part\.2\.parquet.*'f32'.*double"):
+        read_table(str(tmp_path / "in"), "parquet")
+
+
+# --------------------------------------------------------------------------
+# read_table: CSV
+# --------------------------------------------------------------------------
+
+
+def test_read_csv_blocks_keep_order_and_name_their_files(tmp_path, sync):
+    (tmp_path / "in").mkdir()
+    frames = [make_frame(i * 300, 300) for i in range(3)]
+    for i, df in enumerate(frames):
+        df.to_csv(tmp_path / "in" / f"part.{i}.csv", index=False)
+    with dask.config.set({"scalepipe.io.csv-blocksize": 2048}):
+        src = read_table(str(tmp_path / "in"), "csv")
+    assert src.frame.npartitions == len(src.files) > 3
+    assert src.files == sorted(src.files, key=lambda f: int(Path(f).stem.split(".")[1]))
+    assert src.schema["id"] == "float64"  # CSV integers are read as float64
+    got = src.frame.compute()
+    expected = pd.concat(frames).astype({"id": "float64", "f32": "float64"})
+    assert_same_frame(got[["id", "f32", "name"]], expected[["id", "f32", "name"]])
+    np.testing.assert_array_equal(got["f64"].to_numpy(), expected["f64"].to_numpy())
+
+
+def test_read_csv_bad_value_names_file_and_column(tmp_path, sync):
+    (tmp_path / "in").mkdir()
+    make_frame(0, 5).to_csv(tmp_path / "in" / "a.csv", index=False)
+    bad = make_frame(5, 5).astype({"f64": object})
+    bad.loc[3, "f64"] = "oops"
+    bad.to_csv(tmp_path / "in" / "b.csv", index=False)
+    src = read_table(str(tmp_path / "in"), "csv")
+    with pytest.raises(InputError, match=r"b\.csv.*'f64'.*'oops'"):
+        src.frame.compute()
+
+
+def test_read_compressed_csv_whole_file(tmp_path, sync):
+    (tmp_path / "in").mkdir()
+    df = make_frame(0, 40)
+    df.to_csv(tmp_path / "in" / "a.csv.gz", index=False)
+    src = read_table(str(tmp_path / "in"), "csv", columns=["f64", "name"])
+    assert src.frame.npartitions == 1
+    assert_same_frame(src.frame.compute(), df[["f64", "name"]])
+
+
+def test_read_csv_header_mismatch(tmp_path):
+    (tmp_path / "in").mkdir()
+    make_frame(0, 5).to_csv(tmp_path / "in" / "a.csv", index=False)
+    make_frame(0, 5).rename(columns={"f32": "x"}).to_csv(tmp_path / "in" / "b.csv", index=False)
+    with pytest.raises(InputError, match=r"b\.csv.*'x'"):
+        read_table(str(tmp_path / "in"), "csv")
+
+
+# --------------------------------------------------------------------------
+# read_array
+# --------------------------------------------------------------------------
+
+
+def make_dataset() -> xr.Dataset:
+    rng = np.random.default_rng(0)
+    return xr.Dataset(
+        {
+            "t": (("time", "channel"), rng.normal(size=(20, 3)).astype("float32")),
+            "u": (("time",), rng.normal(size=20)),
+        },
+        coords={"time": np.arange(20), "channel": [10, 20, 30]},
+    ).chunk({"time": 8})
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
+def test_read_zarr_keeps_stored_chunks_and_selects_variables(tmp_path):
+    make_dataset().to_zarr(tmp_path / "in.zarr", mode="w")
+    ds = read_array(str(tmp_path / "in.zarr"), "zarr")
+    assert ds["t"].data.chunks == ((8, 8, 4), (3,))
+    assert ds["t"].dtype == np.float32
+    only = read_array(str(tmp_path / "in.zarr"), "zarr", ["u"])
+    assert list(only.data_vars) == ["u"]
+    with pytest.raises(ColumnError, match="'v'.*'t'"):
+        read_array(str(tmp_path / "in.zarr"), "zarr", ["v"])
+    with pytest.raises(InputError, match="missing.zarr"):
+        read_array(str(tmp_path / "missing.zarr"), "zarr")
+
+
+def test_read_netcdf(tmp_path, monkeypatch):
+    path = tmp_path / "in.nc"
+    path.write_bytes(b"not really netcdf")
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "h5py" else real_find_spec(name, *a),
+    )
+    with pytest.raises(InputError, match=r"scalepipe\[netcdf\]"):
+        read_array(str(path), "netcdf")
+    monkeypatch.undo()
+
+    pytest.importorskip("h5py")
+    make_dataset().to_netcdf(path, engine="h5netcdf")
+    ds = read_array(str(path), "netcdf", ["t"])
+    np.testing.assert_array_equal(ds["t"].values, make_dataset()["t"].values)
+
+
+# --------------------------------------------------------------------------
+# check_paths
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inp", "out", "fragment"),
+    [
+        ("data", "data", "is the input"),
+        ("data", "data/", "is the input"),
+        ("data", "data/scaled", "inside the input"),
+        ("data/*.parquet", "data/scaled", "inside the input"),
+        ("data/train", "data", "contains the input"),
+        ("data/train", "./data/x/../train", "is the input"),
+    ],
+)
+def test_check_paths_refuses_overlap(tmp_path, monkeypatch, inp, out, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    with pytest.raises(OutputError, match=fragment):
+        check_paths(inp, out)
+
+
+def test_check_paths_allows_siblings_and_respects_output_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "out").mkdir()
+    check_paths("data", "data_scaled")
+    check_paths("data/*.parquet", "out/scaled", output_root="out")
+    with pytest.raises(OutputError, match="outside the allowed output root"):
+        check_paths("data", "out/../elsewhere", output_root="out")
+    (tmp_path / "out" / "link").symlink_to(tmp_path / "data")
+    with pytest.raises(OutputError, match="inside the input"):
+        check_paths("data", "out/link/scaled")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "out" / "escape").symlink_to(tmp_path / "other")
+    with pytest.raises(OutputError, match="outside the allowed output root"):
+        check_paths("data", "out/escape/scaled", output_root="out")
+    check_paths("data", "~/x", output_root=str(Path("~").expanduser()))
+
+
+# --------------------------------------------------------------------------
+# write_table on a distributed cluster
+# --------------------------------------------------------------------------
+
+
+def test_write_table_round_trip_with_manifest(tmp_path, client):
+    expected = pd.concat([make_frame(i * 50, 50) for i in range(4)], ignore_index=True)
+    frame = dd.from_pandas(expected, npartitions=4, sort=False)
+    dest = tmp_path / "out"
+
+    manifest = write_table(frame, str(dest), "parquet")
+
+    assert manifest.rows == 200 and len(manifest.files) == 4
+    assert [f.name for f in manifest.files] == [f"part.{i:05d}.parquet" for i in range(4)]
+    doc = json.loads((dest / MANIFEST_NAME).read_text())
+    assert doc["format"] == "scalepipe.output" and doc["version"] == 1 and doc["rows"] == 200
+    for entry in manifest.files:
+        data = (dest / entry.name).read_bytes()
+        assert entry.sha256 == hashlib.sha256(data).hexdigest()
+        assert entry.bytes == len(data)
+        assert entry.rows == pq.read_metadata(dest / entry.name).num_rows == 50
+    assert read_manifest(str(dest)) == manifest == verify_output(str(dest))
+    assert leftovers(tmp_path) == []
+
+    back = pd.read_parquet(dest)
+    assert back["f32"].dtype == np.float32
+    assert_same_frame(back, expected)
+    src = read_table(str(dest), "parquet")
+    assert_same_frame(src.frame.compute(), expected)
+
+    meta = pq.ParquetFile(dest / "part.00000.parquet").metadata
+    columns = [meta.schema.column(i).name for i in range(4)]
+    f64_encodings = meta.row_group(0).column(columns.index("f64")).encodings
+    assert not any("DICTIONARY" in e for e in f64_encodings)
+    assert meta.row_group(0).column(0).compression == "SNAPPY"
+
+
+def test_write_csv_round_trip(tmp_path, client):
+    expected = make_frame(0, 90)
+    manifest = write_table(dd.from_pandas(expected, npartitions=3), str(tmp_path / "o"), "csv")
+    assert [f.name for f in manifest.files] == [f"part.{i:05d}.csv" for i in range(3)]
+    back = pd.concat(pd.read_csv(tmp_path / "o" / f.name) for f in manifest.files)
+    np.testing.assert_array_equal(back["f64"].to_numpy(), expected["f64"].to_numpy())
+    assert back["name"].tolist() == expected["name"].tolist()
+    verify_output(str(tmp_path / "o"))
+
+
+def test_existing_output_refused_and_overwrite_rules(tmp_path, client):
+    dest = tmp_path / "out"
+    first = make_frame(0, 30)
+    write_table(dd.from_pandas(first, npartitions=2), str(dest), "parquet")
+
+    second = make_frame(1000, 10)
+    with pytest.raises(OutputError, match=r"out'.*already exists.*overwrite: true"):
+        write_table(dd.from_pandas(second, npartitions=1), str(dest), "parquet")
+    assert_same_frame(pd.read_parquet(dest), first)
+
+    manifest = write_table(
+        dd.from_pandas(second, npartitions=1), str(dest), "parquet", overwrite=True
+    )
+    assert manifest.rows == 10 and sorted(os.listdir(dest)) == ["_SUCCESS", "part.00000.parquet"]
+    assert_same_frame(pd.read_parquet(dest), second)
+    assert leftovers(tmp_path) == []
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    (foreign / "_SUCCESS").write_text("")
+    with pytest.raises(OutputError, match="not written by scalepipe, refusing to delete"):
+        write_table(dd.from_pandas(second, npartitions=1), str(foreign), "parquet", overwrite=True)
+    assert (foreign / "precious.txt").read_text() == "keep me"
+    assert leftovers(tmp_path) == []
+
+
+def test_failing_partition_leaves_nothing(tmp_path, client):
+    def explode_on_third(df):
+        if df["id"].iloc[0] >= 20:
+            raise ValueError("conversion failed")
+        return df
+
+    data = make_frame(0, 40)
+    frame = dd.from_pandas(data, npartitions=4).map_partitions(explode_on_third, meta=data)
+    dest = tmp_path / "out"
+    with pytest.raises(OutputError, match=r"out'.*conversion failed"):
+        write_table(frame, str(dest), "parquet")
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_scalepipe_error_in_a_task_propagates_unchanged(tmp_path, client):
+    def reject(df):
+        raise DataError("column 'f64' holds inf")
+
+    data = make_frame(0, 10)
+    frame = dd.from_pandas(data, npartitions=2).map_partitions(reject, meta=data.iloc[:0])
+    with pytest.raises(DataError, match="'f64' holds inf"):
+        write_table(frame, str(tmp_path / "out"), "parquet")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_retried_partition_replaces_its_file(tmp_path):
+    df = make_frame(0, 5)
+    a = _write_partition(df, str(tmp_path), 3, "parquet", False, None)
+    b = _write_partition(df, str(tmp_path), 3, "parquet", False, None)
+    assert a == b and os.listdir(tmp_path) == ["part.00003.parquet"]
+
+
+def test_named_index_is_written_and_read_back(tmp_path, sync):
+    df = make_frame(0, 12).set_index("name")
+    write_table(dd.from_pandas(df, npartitions=2, sort=False), str(tmp_path / "o"), "parquet")
+    src = read_table(str(tmp_path / "o"), "parquet")
+    assert list(src.schema) == ["id", "f32", "f64"]
+    got = src.frame.compute()
+    assert got.index.name == "name" and got.index.tolist() == df.index.tolist()
+
+
+def test_another_writer_committing_first_wins(tmp_path, sync):
+    dest = tmp_path / "out"
+
+    def other_writer_commits(df):
+        (dest / "theirs").mkdir(parents=True, exist_ok=True)
+        return df
+
+    data = make_frame(0, 10)
+    frame = dd.from_pandas(data, npartitions=2).map_partitions(other_writer_commits, meta=data)
+    with pytest.raises(OutputError, match=r"out'.*appeared while it was being written"):
+        write_table(frame, str(dest), "parquet")
+    assert os.listdir(dest) == ["theirs"]
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_replacement_restores_the_previous_output(tmp_path, sync, monkeypatch):
+    dest = tmp_path / "out"
+    previous = make_frame(0, 10)
+    write_table(previous, str(dest), "parquet")
+    real_rename = os.rename
+
+    def rename_fails_for_staging(src, dst):
+        if ".staging-" in str(src):
+            raise OSError(5, "Input/output error")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename_fails_for_staging)
+    with pytest.raises(OutputError, match=r"out'.*Input/output error"):
+        write_table(make_frame(50, 5), str(dest), "parquet", overwrite=True)
+    monkeypatch.undo()
+    verify_output(str(dest))
+    assert_same_frame(pd.read_parquet(dest), previous)
+    assert leftovers(tmp_path) == []
+
+
+def test_keyboard_interrupt_cleans_up_and_propagates(tmp_path, sync, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dask, "compute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_table(make_frame(0, 10), str(tmp_path / "out"), "parquet")
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_verify_output_detects_tampering(tmp_path, sync):
+    dest = tmp_path / "out"
+    write_table(make_frame(0, 20), str(dest), "parquet")
+    with (dest / "part.00000.parquet").open("r+b") as f:
+        f.seek(10)
+        f.write(b"\x00\xff")
+    with pytest.raises(OutputError, match="part.00000.parquet.*differs"):
+        verify_output(str(dest))
+    (dest / "stray.parquet").write_bytes(b"")
+    with pytest.raises(OutputError, match="stray.parquet"):
+        verify_output(str(dest))
+
+
+# --------------------------------------------------------------------------
+# Failures in child processes: disk full, SIGKILL, concurrent writers
+# --------------------------------------------------------------------------
+
+CHILD_PRELUDE = """
+import os, sys, time, resource, signal
+import dask, numpy as np, pandas as pd, dask.dataframe as dd
+from scalepipe.io import write_table
+from scalepipe.errors import OutputError
+dask.config.set(scheduler="sync")
+"""
+
+
+def test_disk_full_leaves_no_output(tmp_path):
+    dest = tmp_path / "out"
+    script = CHILD_PRELUDE + textwrap.dedent(
+        """
+        df = pd.DataFrame({"x": np.random.default_rng(0).normal(size=400_000)})
+        frame = dd.from_pandas(df, npartitions=4)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+        try:
+            write_table(frame, sys.argv[1], "parquet")
+        except OutputError as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(3)
+        """
+    )
+    result = run_child(script, str(dest))
+    assert result.returncode == 3, result.stderr
+    assert str(dest) in result.stderr and "File too large" in result.stderr
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_sigkill_mid_write_keeps_previous_output(tmp_path, sync):
+    dest = tmp_path / "out"
+    previous = make_frame(0, 25)
+    old_manifest = write_table(previous, str(dest), "parquet")
+    script = CHILD_PRELUDE + textwrap.dedent(
+        """
+        def slow(df):
+            time.sleep(0.1)
+            return df
+        df = pd.DataFrame({"x": np.arange(400.0)})
+        frame = dd.from_pandas(df, npartitions=40).map_partitions(slow)
+        write_table(frame, sys.argv[1], "parquet", overwrite=True)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(dest)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and child.poll() is None:
+            staged = [p for p in tmp_path.glob(".out.staging-*") if list(p.glob("part.*"))]
+            if staged:
+                break
+            time.sleep(0.02)
+        assert staged, "the child never started writing"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    assert verify_output(str(dest)) == old_manifest
+    assert_same_frame(pd.read_parquet(dest), previous)
+
+
+def test_concurrent_writers_exactly_one_commits(tmp_path):
+    dest = tmp_path / "out"
+    script = CHILD_PRELUDE + textwrap.dedent(
+        """
+        value = float(sys.argv[2])
+        open(sys.argv[3] + sys.argv[2], "w").close()
+        while not os.path.exists(sys.argv[3]):  # both writers start together
+            time.sleep(0.01)
+        def slow(df):
+            time.sleep(0.3)
+            return df
+        df = pd.DataFrame({"x": np.full(100, value)})
+        frame = dd.from_pandas(df, npartitions=4).map_partitions(slow)
+        try:
+            write_table(frame, sys.argv[1], "parquet")
+        except OutputError as exc:
+            print(exc, file=sys.stderr)
+            sys.exit(3)
+        """
+    )
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(dest), value, str(tmp_path / "go")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for value in ("1", "2")
+    ]
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / f"go{v}").exists() for v in "12") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    outcomes = [(c.wait(timeout=60), c.stderr.read()) for c in children]
+    for c in children:
+        c.stderr.close()
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [0, 3], outcomes
+    loser = next(err for code, err in outcomes if code == 3)
+    assert str(dest) in loser and "appeared while it was being written" in loser
+    got = pd.read_parquet(dest)["x"].to_numpy()
+    assert len(got) == 100 and len(set(got.tolist())) == 1 and got[0] in (1.0, 2.0)
+    winner_value = float(children[[code for code, _ in outcomes].index(0)].args[4])
+    assert got[0] == winner_value
+    assert verify_output(str(dest)).rows == 100
+    assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------
+# write_array and write_text_atomic
+# --------------------------------------------------------------------------
+
+
+def test_write_array_round_trip_keeps_chunks(tmp_path, client):
+    ds = make_dataset()
+    dest = tmp_path / "out.zarr"
+    write_array(ds, str(dest))
+    manifest = verify_output(str(dest))
+    assert manifest.format == "zarr" and manifest.variables["t"] == (20, 3)
+    back = read_array(str(dest), "zarr")
+    assert back["t"].data.chunks == ((8, 8, 4), (3,))
+    xr.testing.assert_identical(back.compute(), ds.compute())
+    assert leftovers(tmp_path) == []
+
+    rechunked = back.chunk({"time": 5})
+    with pytest.raises(OutputError, match="already exists"):
+        write_array(rechunked, str(dest))
+    write_array(rechunked, str(tmp_path / "re.zarr"))
+    assert back["t"].encoding["chunks"] == (8, 3)  # the caller's dataset is untouched
+    again = read_array(str(tmp_path / "re.zarr"), "zarr")
+    assert again["t"].data.chunks == ((5, 5, 5, 5), (3,))
+
+    write_array(rechunked, str(dest), overwrite=True)
+    assert read_array(str(dest), "zarr")["t"].data.chunks == ((5, 5, 5, 5), (3,))
+    assert leftovers(tmp_path) == []
+
+
+def test_write_text_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "stats" / "stats.json"
+    write_text_atomic(str(target), '{"a": 1}')
+    assert target.read_text() == '{"a": 1}'
+    with pytest.raises(OutputError, match="already exists"):
+        write_text_atomic(str(target), "{}", overwrite=False)
+    write_text_atomic(str(target), '{"a": 2}')
+    assert target.read_text() == '{"a": 2}'
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OutputError, match="stats.json.*No space left"):
+        write_text_atomic(str(target), '{"a": 3}')
+    assert target.read_text() == '{"a": 2}'
+    assert os.listdir(target.parent) == ["stats.json"]
