@@ -48,6 +48,8 @@ CONSTANT_POLICIES: tuple[str, ...] = get_args(ConstantPolicy)
 
 Column = str | int
 
+_AFFINE_FIELDS = ("center", "scale", "offset", "lo", "hi")
+
 
 @dataclass(frozen=True, eq=False)
 class Affine:
@@ -66,11 +68,11 @@ class Affine:
     @classmethod
     def concat(cls, parts: Sequence[Affine]) -> Affine:
         """Join the maps of disjoint feature sets."""
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("center", "scale", "offset", "lo", "hi")))
+        return cls(*(np.concatenate([getattr(p, k) for p in parts], axis=-1) for k in _AFFINE_FIELDS))
 
     def take(self, index: Sequence[int] | np.ndarray) -> Affine:
-        """The maps of the features at ``index``."""
-        return Affine(self.center[index], self.scale[index], self.offset[index], self.lo[index], self.hi[index])
+        """The maps of the features at ``index`` (the last axis)."""
+        return Affine(*(np.take(getattr(self, k), index, axis=-1) for k in _AFFINE_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -283,11 +285,19 @@ def decimal_exponent(absmax: float) -> int:
     return j
 
 
-def affine_params(scaler: Scaler, m: Moments, names: Sequence[object]) -> Affine:
+def _named(names: Sequence[object], mask: np.ndarray) -> list[object]:
+    """Names of the features (last axis) where ``mask`` holds anywhere."""
+    return [names[i] for i in np.unique(np.nonzero(mask)[-1])]
+
+
+def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_empty: bool = False) -> Affine:
     """The affine map of ``scaler`` for features with statistics ``m``.
 
     This is the single place where an all-NaN column is rejected and a
-    constant column gets its ``constant_policy``.
+    constant column gets its ``constant_policy``. ``m`` may have leading axes
+    (one row per batch or per key); the features are its last axis.
+    ``allow_empty`` accepts statistics of no values (a batch or key whose
+    column is all NaN): their parameters are NaN, and so is every output.
 
     Raises
     ------
@@ -296,13 +306,13 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object]) -> Affine
         ``constant_policy="error"``; the message names the columns.
     """
     empty = m.count == 0
-    if empty.any():
-        cols = [names[i] for i in np.flatnonzero(empty)]
+    if empty.any() and not allow_empty:
+        cols = _named(names, empty)
         raise DataError(f"column(s) {', '.join(map(repr, cols))}: every value is missing (NaN); cannot fit {scaler.method}")
     center, spread, gain, offset = scaler.components(m)
     constant = m.is_constant()
     if constant.any() and scaler.constant_policy == "error":
-        cols = [names[i] for i in np.flatnonzero(constant)]
+        cols = _named(names, constant)
         raise DataError(
             f"column(s) {', '.join(map(repr, cols))} are constant; {scaler.method} would divide by zero "
             "(set constant_policy to unit_scale, zero or passthrough)"
@@ -361,3 +371,42 @@ def invert_affine(y: np.ndarray, p: Affine) -> np.ndarray:
     if zero.any():
         x = np.where(zero & ~np.isnan(np.asarray(y, dtype=np.float64)), p.center, x)
     return x.astype(_out_dtype(np.asarray(y)), copy=False)
+
+
+@dataclass(frozen=True, eq=False)
+class RuleSet:
+    """Which rule scales each fitted feature: derives every feature's :class:`Affine`.
+
+    Parameters
+    ----------
+    scalers
+        The rules, in order.
+    rule_of
+        The rule index of each fitted feature.
+    names
+        The fitted features' names (for error messages).
+    """
+
+    scalers: tuple[Scaler, ...]
+    rule_of: np.ndarray
+    names: tuple[object, ...]
+
+    def params(self, m: Moments, positions: np.ndarray | None = None, *, allow_empty: bool = False) -> Affine:
+        """Parameters for statistics ``m`` of the features at ``positions`` (default: all, in order).
+
+        ``m`` may have leading axes (batches, keys); its last axis matches ``positions``.
+        """
+        if positions is None:
+            positions = np.arange(len(self.rule_of))
+        rules = self.rule_of[positions]
+        shape = m.count.shape
+        out = {k: np.empty(shape) for k in _AFFINE_FIELDS}
+        for i, scaler in enumerate(self.scalers):
+            cols = np.flatnonzero(rules == i)
+            if cols.size == 0:
+                continue
+            names = [self.names[positions[c]] for c in cols]
+            p = affine_params(scaler, m.take(cols), names, allow_empty=allow_empty)
+            for k in _AFFINE_FIELDS:
+                out[k][..., cols] = getattr(p, k)
+        return Affine(**out)

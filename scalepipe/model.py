@@ -12,19 +12,21 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from . import artifact
+from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
-from .methods import Affine, Scaler, ZScore, affine_params, scaler_from_dict
-from .stats import Moments, NonFiniteError, merge
+from .maps import AffineMap, BatchMap
+from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, scaler_from_dict
+from .stats import Moments, NonFiniteError, merge, merge_all
 from .views import View, view_of
 
-__all__ = ["Model", "fit", "load"]
+__all__ = ["Model", "Scope", "fit", "load"]
 
 _GLOB_CHARS = set("*?[")
 
@@ -38,6 +40,65 @@ class Feature:
     name: Any
     dtype: str
     rule: int
+
+
+@dataclass(frozen=True)
+class Scope:
+    """How the statistics are grouped (see DESIGN.md's scopes table).
+
+    Attributes
+    ----------
+    kind
+        ``"global"``, ``"partition"`` (each batch scaled with its own
+        statistics; running statistics for inference) or ``"key"``.
+    batch_rows
+        Partition scope: rows per batch (``None``: one batch per partition).
+    min_batch_rows
+        Partition scope: the fewest rows a batch may have.
+    inference_stats
+        Partition scope: ``"running"`` or ``"global"`` statistics for :meth:`Model.transform`.
+    key
+        Key scope: the key column.
+    """
+
+    kind: str = "global"
+    batch_rows: int | None = None
+    min_batch_rows: int = 2
+    inference_stats: str = "running"
+    key: Any = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("global", "partition", "key"):
+            raise ParameterError("scope", f"{self.kind!r} is not one of 'global', 'partition', 'key'")
+        if self.inference_stats not in ("running", "global"):
+            raise ParameterError("inference_stats", f"{self.inference_stats!r} is not 'running' or 'global'")
+        if self.kind == "key" and self.key is None:
+            raise ParameterError("key", "scope 'key' needs the key column")
+
+
+@dataclass
+class BatchStats:
+    """Partition scope: every batch's statistics, in partition order, and the running statistics.
+
+    Attributes
+    ----------
+    moments
+        Shape ``(n_batches, n_features)``.
+    labels
+        One label per batch (its partition, file and number), for audits and errors.
+    running
+        PyTorch-convention running mean and (unbiased) variance.
+    """
+
+    moments: Moments
+    labels: list[str]
+    running: Running
+
+
+def _momenta(scalers: Sequence[Scaler], features: Sequence[Feature]) -> np.ndarray:
+    """Per feature: its rule's momentum (NaN for None), 0.1 for rules without one."""
+    values = [getattr(scalers[f.rule], "momentum", 0.1) for f in features]
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def _rule_label(i: int, scaler: Scaler) -> str:
@@ -106,6 +167,31 @@ def _compute(lazy: Any, names: Sequence[Any]) -> Moments:
         raise
 
 
+def _batch_table(
+    view: View, names: Sequence[Any], scope: Scope, partition_labels: Sequence[str] | None, first: int = 0
+) -> tuple[Moments, list[str]]:
+    """Every batch's statistics, in partition order, with one label per batch."""
+    lazy = view.batch_moments(names, scope.batch_rows)
+    try:
+        if view.lazy:
+            from . import reduce
+
+            per_partition = list(reduce.compute(*lazy))
+        else:
+            per_partition = list(lazy)
+    except NonFiniteError as err:
+        raise (err.named(names) if err.names is None else err) from None
+    labels = []
+    for p, table in enumerate(per_partition):
+        where = f"partition {first + p}"
+        if partition_labels is not None:
+            where += f" ({partition_labels[p]})"
+        labels += [f"{where} batch {b}" for b in range(table.count.shape[0])]
+    moments = Moments.concat(per_partition, axis=0)
+    check_batch_rows(moments, scope.min_batch_rows, labels)
+    return moments, labels
+
+
 class Model:
     """Fitted scaling: rules, features, statistics and parameters.
 
@@ -142,12 +228,16 @@ class Model:
         moments: Moments,
         params: Affine | None = None,
         meta: dict[str, Any] | None = None,
+        scope: Scope | None = None,
+        batches: BatchStats | None = None,
     ) -> None:
         self.scalers = list(scalers)
         self.features = list(features)
         self.passthrough = list(passthrough)
         self.moments = moments
         self.meta = dict(meta or {})
+        self.scope = scope or Scope()
+        self.batches = batches
         self.params = params if params is not None else self._derive_params()
 
     @property
@@ -155,19 +245,29 @@ class Model:
         """Names of the fitted features, in order."""
         return [f.name for f in self.features]
 
-    def _derive_params(self) -> Affine:
-        rules = np.array([f.rule for f in self.features], dtype=np.int64)
-        names = self.feature_names
-        center, scale, offset, lo, hi = (np.empty(len(names)) for _ in range(5))
-        for i, scaler in enumerate(self.scalers):
-            idx = np.flatnonzero(rules == i)
-            if idx.size == 0:
-                continue
-            p = affine_params(scaler, self.moments.take(idx), [names[k] for k in idx])
-            center[idx], scale[idx], offset[idx], lo[idx], hi[idx] = p.center, p.scale, p.offset, p.lo, p.hi
-        return Affine(center, scale, offset, lo, hi)
+    @property
+    def rules(self) -> RuleSet:
+        """The rule of each fitted feature, as a picklable :class:`~scalepipe.methods.RuleSet`."""
+        return RuleSet(tuple(self.scalers), np.array([f.rule for f in self.features], dtype=np.int64), tuple(self.feature_names))
 
-    def transform(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Any:
+    def _inference_moments(self) -> Moments:
+        """The statistics :meth:`transform` uses: global, or running ones (partition scope).
+
+        Running statistics replace the mean and variance (``m2 = var * count``,
+        so the biased variance is the running one, as in PyTorch's eval mode);
+        min, max and counts stay global.
+        """
+        if self.batches is None or self.scope.inference_stats == "global":
+            return self.moments
+        run = self.batches.running
+        m = self.moments
+        return Moments(m.count, m.nan_count, m.min, m.max, m.absmax, run.mean, np.zeros_like(run.mean), run.var * m.count)
+
+    def _derive_params(self) -> Affine:
+        return self.rules.params(self._inference_moments())
+
+
+    def transform(self, data: Any, *, feature_names: Sequence[Any] | None = None, stats: str | None = None) -> Any:
         """Scale ``data``; returns the same kind (lazy for Dask input).
 
         Parameters
@@ -178,24 +278,34 @@ class Model:
             were not fitted pass through unchanged. ``data`` is not modified.
         feature_names
             Names of a numpy/dask array's columns (default: their positions).
+        stats
+            ``None`` (the fitted statistics; for the partition scope, the
+            running or global ones as ``inference_stats`` says), or
+            ``"batch"``: scale each batch (``batch_rows`` rows of each
+            partition) with its own statistics, as batch normalization does in
+            training.
 
         Raises
         ------
         ColumnError
             A fitted column is missing or not numeric.
         """
-        return self._apply(data, feature_names, inverse=False)
+        if stats not in (None, "batch"):
+            raise ParameterError("stats", f"{stats!r} is not None or 'batch'")
+        view = view_of(data, feature_names, self.meta.get("reduce_dims"))
+        fn = BatchMap(self.rules, self.scope.batch_rows) if stats == "batch" else AffineMap(self.params)
+        return view.transform(self.feature_names, fn)
 
     def inverse_transform(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Any:
         """Undo :meth:`transform` (a feature scaled to a constant maps back to its center)."""
-        return self._apply(data, feature_names, inverse=True)
-
-    def _apply(self, data: Any, feature_names: Sequence[Any] | None, inverse: bool) -> Any:
         view = view_of(data, feature_names, self.meta.get("reduce_dims"))
-        return view.transform(self.feature_names, self.params, inverse)
+        return view.transform(self.feature_names, AffineMap(self.params, inverse=True))
 
     def partial_fit(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Model:
         """Update the statistics with more rows; equals a fit on all rows together.
+
+        In the partition scope the new data's batches follow the fitted ones,
+        and the running statistics continue from where they were.
 
         Returns
         -------
@@ -203,12 +313,54 @@ class Model:
             ``self``, updated (as scikit-learn's ``partial_fit``).
         """
         view = view_of(data, feature_names, self.meta.get("reduce_dims"))
-        new = _compute(view.moments(self.feature_names), self.feature_names)
+        names = self.feature_names
+        if self.batches is None:
+            new = _compute(view.moments(names), names)
+        else:
+            first = len({label.split(" batch ")[0] for label in self.batches.labels})
+            table, labels = _batch_table(view, names, self.scope, None, first)
+            new = merge_all([table.row(i) for i in range(len(labels))])
+            self.batches = BatchStats(
+                Moments.concat([self.batches.moments, table], axis=0),
+                self.batches.labels + labels,
+                running_stats(table, _momenta(self.scalers, self.features), self.batches.running),
+            )
         self.moments = merge(self.moments, new)
         self.params = self._derive_params()
         self.meta["created"] = _now()
         self.meta["input_fingerprint"] = None
         return self
+
+    def to_torch_state_dict(self) -> dict[str, np.ndarray]:
+        """Batch-norm state for ``torch.nn.BatchNorm1d(n)`` over the batchnorm features.
+
+        Plain numpy arrays (``weight``, ``bias``, ``running_mean``,
+        ``running_var``, ``num_batches_tracked``): convert with
+        ``{k: torch.as_tensor(v) for k, v in sd.items()}`` and
+        ``load_state_dict``. scalepipe does not import torch. Without the
+        partition scope, the running statistics are the global mean and the
+        unbiased global variance, and ``num_batches_tracked`` is 0.
+
+        Raises
+        ------
+        ParameterError
+            No feature is scaled by a ``batchnorm`` rule.
+        """
+        idx = [i for i, f in enumerate(self.features) if isinstance(self.scalers[f.rule], BatchNorm)]
+        if not idx:
+            raise ParameterError("scalers", "no feature is scaled by a batchnorm rule; nothing to export")
+        norms = [self.scalers[self.features[i].rule] for i in idx]
+        if self.batches is not None:
+            mean, var, tracked = self.batches.running.mean[idx], self.batches.running.var[idx], self.batches.running.num_batches
+        else:
+            mean, var, tracked = self.moments.mean[idx], self.moments.var(1)[idx], 0
+        return {
+            "weight": np.array([b.gamma for b in norms]),
+            "bias": np.array([b.beta for b in norms]),
+            "running_mean": np.asarray(mean, dtype=np.float64),
+            "running_var": np.asarray(var, dtype=np.float64),
+            "num_batches_tracked": np.array(tracked, dtype=np.int64),
+        }
 
     def summary(self) -> list[dict[str, Any]]:
         """One record per fitted feature: method, statistics and parameters."""
@@ -237,7 +389,6 @@ class Model:
         """The model as the artifact's JSON-ready document (without header/checksum)."""
         from . import __version__
 
-        stats = self.moments.to_dict()
         return {
             "scalepipe_version": __version__,
             "created": self.meta.get("created"),
@@ -248,10 +399,10 @@ class Model:
             "scalers": [s.to_dict() for s in self.scalers],
             "features": [{"name": f.name, "dtype": f.dtype, "rule": f.rule} for f in self.features],
             "passthrough": list(self.passthrough),
-            "statistics": {
-                k: (v.tolist() if v.dtype.kind == "i" else artifact.encode_floats(v)) for k, v in stats.items()
-            },
+            "statistics": _moments_document(self.moments),
             "parameters": {k: artifact.encode_floats(getattr(self.params, k)) for k in _AFFINE_FIELDS},
+            "scope": asdict(self.scope),
+            "batches": None if self.batches is None else _batches_document(self.batches),
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -264,21 +415,58 @@ class Model:
         try:
             scalers = [scaler_from_dict(d) for d in doc["scalers"]]
             features = [Feature(f["name"], f["dtype"], int(f["rule"])) for f in doc["features"]]
-            raw = doc["statistics"]
-            moments = Moments.from_dict(
-                {k: (v if k in ("count", "nan_count") else artifact.decode_floats(v)) for k, v in raw.items()}
-            )
+            moments = _moments_from_document(doc["statistics"])
             params = Affine(*(np.array(artifact.decode_floats(doc["parameters"][k])) for k in _AFFINE_FIELDS))
+            if moments.shape != (len(features),) or params.center.shape != (len(features),):
+                raise ValueError("statistics do not match the features")
+            scope = Scope(**doc.get("scope", {}))
+            batches = _batches_from_document(doc["batches"]) if doc.get("batches") else None
         except (KeyError, TypeError, ValueError, ParameterError) as err:
             raise ArtifactError(f"{source}: malformed statistics file: {err}") from None
-        if moments.shape != (len(features),) or params.center.shape != (len(features),):
-            raise ArtifactError(f"{source}: malformed statistics file: statistics do not match the features")
         meta = {k: doc.get(k) for k in ("created", "config_hash", "input_fingerprint", "data_kind", "reduce_dims")}
-        return cls(scalers, features, doc.get("passthrough", []), moments, params, meta)
+        return cls(scalers, features, doc.get("passthrough", []), moments, params, meta, scope, batches)
 
     def __repr__(self) -> str:
         methods = sorted({self.scalers[f.rule].method for f in self.features})
         return f"<scalepipe.Model: {len(self.features)} features ({', '.join(methods)}), {len(self.passthrough)} passthrough>"
+
+
+def _moments_document(m: Moments) -> dict[str, list[Any]]:
+    """Moments as JSON lists (nested for tables); floats encoded exactly."""
+
+    def encode(v: np.ndarray) -> list[Any]:
+        if v.ndim > 1:
+            return [encode(row) for row in v]
+        return v.tolist() if v.dtype.kind == "i" else artifact.encode_floats(v)
+
+    return {k: encode(v) for k, v in m.to_dict().items()}
+
+
+def _moments_from_document(d: dict[str, list[Any]]) -> Moments:
+    def decode(v: list[Any]) -> list[Any]:
+        return [decode(row) if isinstance(row, list) else row for row in v] if v and isinstance(v[0], list) else artifact.decode_floats(v)
+
+    return Moments.from_dict({k: (v if k in ("count", "nan_count") else decode(v)) for k, v in d.items()})
+
+
+def _batches_document(b: BatchStats) -> dict[str, Any]:
+    return {
+        "labels": list(b.labels),
+        "statistics": _moments_document(b.moments),
+        "running": {
+            "mean": artifact.encode_floats(b.running.mean),
+            "var": artifact.encode_floats(b.running.var),
+            "num_batches_tracked": b.running.num_batches,
+        },
+    }
+
+
+def _batches_from_document(d: dict[str, Any]) -> BatchStats:
+    run = d["running"]
+    running = Running(
+        np.array(artifact.decode_floats(run["mean"])), np.array(artifact.decode_floats(run["var"])), int(run["num_batches_tracked"])
+    )
+    return BatchStats(_moments_from_document(d["statistics"]), list(d["labels"]), running)
 
 
 def _now() -> str:
@@ -310,6 +498,12 @@ def fit(
     *,
     feature_names: Sequence[Any] | None = None,
     reduce_dims: Sequence[str] | None = None,
+    scope: Scope | str = "global",
+    batch_rows: int | None = None,
+    min_batch_rows: int = 2,
+    inference_stats: str = "running",
+    key: Any = None,
+    partition_labels: Sequence[str] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Model:
     """Compute the statistics of ``data`` in one pass and derive every rule's parameters.
@@ -330,6 +524,15 @@ def fit(
         Names of an array's columns (default: positions ``0, 1, ...``).
     reduce_dims
         xarray only: the dims to reduce over (default: the first dim).
+    scope, batch_rows, min_batch_rows, inference_stats, key
+        How statistics are grouped (:class:`Scope`): ``"global"``;
+        ``"partition"``, where each batch of ``batch_rows`` rows of each
+        partition (a dask partition or chunk; in-memory data is one
+        partition) has its own statistics, scale it with
+        ``model.transform(data, stats="batch")``, and the running statistics
+        serve inference; or ``"key"``.
+    partition_labels
+        A label per partition (e.g. its file) for error messages.
     meta
         Provenance to record in the artifact (``config_hash``, ``input_fingerprint``).
 
@@ -351,10 +554,18 @@ def fit(
     [-1.0, 1.0]
     """
     rules = _as_scalers(scalers)
+    if not isinstance(scope, Scope):
+        scope = Scope(scope, batch_rows, min_batch_rows, inference_stats, key)
     view = view_of(data, feature_names, reduce_dims)
     features, passthrough = resolve_columns(view, rules)
     names = [f.name for f in features]
-    moments = _compute(view.moments(names), names)
+    batches = None
+    if scope.kind == "partition":
+        table, labels = _batch_table(view, names, scope, partition_labels)
+        moments = merge_all([table.row(i) for i in range(len(labels))])
+        batches = BatchStats(table, labels, running_stats(table, _momenta(rules, features)))
+    else:
+        moments = _compute(view.moments(names), names)
     rows = int(moments.count[0] + moments.nan_count[0]) if len(names) else 0
     if rows == 0:
         raise DataError("the data has no rows to fit")
@@ -365,7 +576,7 @@ def fit(
         "input_fingerprint": {"kind": view.kind, "rows": rows, "features": len(view.names)},
         **(meta or {}),
     }
-    return Model(rules, features, passthrough, moments, meta=info)
+    return Model(rules, features, passthrough, moments, meta=info, scope=scope, batches=batches)
 
 
 def load(path: str | os.PathLike[str]) -> Model:

@@ -18,11 +18,20 @@ import dask
 import numpy as np
 from dask.delayed import Delayed
 
+from .batches import batch_moments
 from .frames import float_values
-from .methods import Affine, apply_affine, invert_affine
+from .maps import ValueMap
 from .stats import Moments, chunk_moments, merge_all, tree_reduce
 
-__all__ = ["array_moments", "compute", "frame_moments", "transform_array", "transform_frame"]
+__all__ = [
+    "array_batch_moments",
+    "array_moments",
+    "compute",
+    "frame_batch_moments",
+    "frame_moments",
+    "transform_array",
+    "transform_frame",
+]
 
 _merge = dask.delayed(merge_all, pure=True)
 
@@ -129,47 +138,93 @@ def array_moments(x: Any, reduce_axes: Sequence[int], names: np.ndarray) -> Dela
     return dask.delayed(_assemble, pure=True)(merged, slices, shape)
 
 
-def _frame_block_transform(df: Any, columns: list[str], params: Affine, inverse: bool) -> Any:
+def _frame_block_transform(df: Any, columns: list[str], fn: ValueMap) -> Any:
     from .frames import replace_columns
 
     values = float_values(df, columns)
-    out = invert_affine(values, params) if inverse else apply_affine(values, params)
-    return replace_columns(df, columns, out)
+    return replace_columns(df, columns, fn(values, np.arange(len(columns)), df))
 
 
-def transform_frame(frame: Any, columns: Sequence[str], params: Affine, *, inverse: bool = False) -> Any:
-    """Lazily scale ``columns`` of a dask DataFrame, partition by partition.
+def transform_frame(frame: Any, columns: Sequence[str], fn: ValueMap) -> Any:
+    """Lazily map ``columns`` of a dask DataFrame with ``fn``, partition by partition.
 
-    The parameters travel as numpy vectors and are applied per partition
-    (aligning a dask frame with a pandas Series would align on rows).
+    The parameters travel inside ``fn`` as numpy vectors and are applied per
+    partition (aligning a dask frame with a pandas Series would align on rows).
     """
     columns = list(columns)
-    meta = _frame_block_transform(frame._meta, columns, params, inverse)
-    return frame.map_partitions(_frame_block_transform, columns, params, inverse, meta=meta)
+    meta = _frame_block_transform(frame._meta, columns, fn)
+    return frame.map_partitions(_frame_block_transform, columns, fn, meta=meta)
 
 
 def _nd_block_transform(
-    block: np.ndarray, params: Affine, n_reduce: int, inverse: bool, block_info: dict | None = None
+    block: np.ndarray, fn: ValueMap, n_reduce: int, positions: np.ndarray, block_info: dict | None = None
 ) -> np.ndarray:
     location = block_info[0]["array-location"][n_reduce:] if block_info else [(0, s) for s in block.shape[n_reduce:]]
     where = tuple(slice(a, b) for a, b in location)
     other = block.shape[n_reduce:]
-    local = Affine(*(np.reshape(getattr(params, k)[where], -1) for k in ("center", "scale", "offset", "lo", "hi")))
     rows = int(np.prod(block.shape[:n_reduce], dtype=np.int64))
     flat = np.reshape(block, (rows, int(np.prod(other, dtype=np.int64))))
-    out = invert_affine(flat, local) if inverse else apply_affine(flat, local)
-    return out.reshape(block.shape)
+    return fn(flat, np.reshape(positions[where], -1), None).reshape(block.shape)
 
 
-def transform_array(x: Any, reduce_axes: Sequence[int], params: Affine, *, inverse: bool = False) -> Any:
-    """Lazily scale a dask array block by block; chunks are kept.
+def transform_array(x: Any, reduce_axes: Sequence[int], fn: ValueMap, positions: np.ndarray) -> Any:
+    """Lazily map a dask array block by block with ``fn``; chunks are kept.
 
-    ``params`` fields are shaped as the non-reduced axes (in their order).
+    ``positions`` is shaped as the non-reduced axes (in their order): each
+    feature's index among the fitted ones, -1 where it passes through.
     """
     reduce_axes = tuple(reduce_axes)
     other_axes = tuple(a for a in range(x.ndim) if a not in reduce_axes)
     perm = reduce_axes + other_axes
     xt = x.transpose(perm)
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
-    out = xt.map_blocks(_nd_block_transform, params, len(reduce_axes), inverse, dtype=dtype)
+    out = xt.map_blocks(_nd_block_transform, fn, len(reduce_axes), positions, dtype=dtype)
     return out.transpose(tuple(int(a) for a in np.argsort(perm)))
+
+
+def _frame_block_batches(df: Any, columns: list[str], batch_rows: int | None) -> Moments:
+    return batch_moments(float_values(df, columns), batch_rows, columns)
+
+
+def frame_batch_moments(frame: Any, columns: Sequence[str], batch_rows: int | None) -> list[Delayed]:
+    """Lazy per-batch statistics of each partition, in partition order.
+
+    Each item evaluates to :class:`Moments` of shape ``(n_batches, n_columns)``.
+    """
+    columns = list(columns)
+    return [
+        dask.delayed(_frame_block_batches, pure=True)(part, columns, batch_rows)
+        for part in frame[columns].to_delayed()
+    ]
+
+
+def _nd_block_batches(
+    block: np.ndarray, n_reduce: int, names: list[Any], batch_rows: int | None, positions: np.ndarray
+) -> Moments:
+    rows = int(np.prod(block.shape[:n_reduce], dtype=np.int64))
+    flat = np.reshape(block, (rows, -1))[:, positions]
+    return batch_moments(flat, batch_rows, names)
+
+
+def array_batch_moments(
+    x: Any, reduce_axes: Sequence[int], names: np.ndarray, batch_rows: int | None, positions: np.ndarray
+) -> list[Delayed]:
+    """Lazy per-batch statistics of each block along the reduced axes, in C order.
+
+    Each item evaluates to :class:`Moments` of shape ``(n_batches, len(positions))``;
+    ``positions`` picks features from the flattened non-reduced axes, whose
+    blocks are joined first (batch statistics need whole rows).
+    """
+    reduce_axes = tuple(reduce_axes)
+    other_axes = tuple(a for a in range(x.ndim) if a not in reduce_axes)
+    xt = x.transpose(reduce_axes + other_axes)
+    n_reduce = len(reduce_axes)
+    if any(n > 1 for n in xt.numblocks[n_reduce:]):
+        xt = xt.rechunk({i: -1 for i in range(n_reduce, xt.ndim)})
+    blocks = xt.to_delayed()
+    picked = [np.ravel(names)[p] for p in positions]
+    tail = (0,) * (xt.ndim - n_reduce)
+    return [
+        dask.delayed(_nd_block_batches, pure=True)(blocks[r + tail], n_reduce, picked, batch_rows, positions)
+        for r in product(*(range(n) for n in xt.numblocks[:n_reduce]))
+    ]

@@ -143,12 +143,21 @@ class Moments:
         Our variance is accurate, so a column with a real but tiny spread is not
         constant; only a range at the level of rounding is.
         """
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
             return (self.max - self.min) <= 4 * np.spacing(self.absmax)
 
-    def take(self, index: Sequence[int] | np.ndarray) -> Moments:
-        """The statistics of the features at ``index`` (along the first axis)."""
-        return Moments(**{f.name: np.asarray(getattr(self, f.name))[index] for f in fields(self)})
+    def take(self, index: Sequence[int] | np.ndarray, axis: int = -1) -> Moments:
+        """The statistics at ``index`` along ``axis`` (by default the features, the last axis)."""
+        return Moments(**{f.name: np.take(getattr(self, f.name), index, axis=axis) for f in fields(self)})
+
+    @classmethod
+    def stack(cls, parts: Sequence[Moments]) -> Moments:
+        """Stack statistics of one shape along a new first axis (e.g. one row per batch)."""
+        return cls(**{f.name: np.stack([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+    def row(self, i: int) -> Moments:
+        """Row ``i`` of statistics stacked by :meth:`stack`."""
+        return Moments(**{f.name: getattr(self, f.name)[i] for f in fields(self)})
 
     def reshape(self, shape: tuple[int, ...]) -> Moments:
         """The same statistics with the features arranged in ``shape``."""

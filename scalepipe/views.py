@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from .batches import batch_moments
 from .errors import ColumnError, DataError
-from .methods import Affine, apply_affine, invert_affine
+from .maps import ValueMap
 from .stats import Moments, array_moments
 
 __all__ = ["View", "view_of"]
@@ -27,18 +28,6 @@ __all__ = ["View", "view_of"]
 def _is_instance(obj: object, module: str, name: str) -> bool:
     mod = sys.modules.get(module)
     return mod is not None and isinstance(obj, getattr(mod, name))
-
-
-def _identity(shape: tuple[int, ...]) -> Affine:
-    return Affine(np.zeros(shape), np.ones(shape), np.zeros(shape), np.full(shape, -np.inf), np.full(shape, np.inf))
-
-
-def _scatter(params: Affine, positions: np.ndarray, shape: tuple[int, ...]) -> Affine:
-    """Full-shape parameters: ``params`` at flat ``positions``, identity elsewhere."""
-    full = _identity((int(np.prod(shape, dtype=np.int64)),))
-    for key in ("center", "scale", "offset", "lo", "hi"):
-        getattr(full, key)[positions] = getattr(params, key)
-    return Affine(*(getattr(full, k).reshape(shape) for k in ("center", "scale", "offset", "lo", "hi")))
 
 
 class View(abc.ABC):
@@ -87,8 +76,18 @@ class View(abc.ABC):
         """Statistics of ``names`` (a :class:`Moments`, or a delayed one if :attr:`lazy`)."""
 
     @abc.abstractmethod
-    def transform(self, names: Sequence[Any], params: Affine, inverse: bool) -> Any:
-        """A collection of the same kind with ``names`` mapped by ``params``."""
+    def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
+        """Per-batch statistics of ``names`` for each partition, in order (delayed if :attr:`lazy`).
+
+        Each item has shape ``(n_batches, len(names))``.
+        """
+
+    @abc.abstractmethod
+    def transform(self, names: Sequence[Any], fn: ValueMap) -> Any:
+        """A collection of the same kind with the features ``names`` mapped by ``fn``.
+
+        ``fn`` receives positions into ``names`` (see :mod:`scalepipe.maps`).
+        """
 
 
 def _preview(names: Sequence[Any], limit: int = 8) -> str:
@@ -117,17 +116,26 @@ class FrameView(View):
 
         return array_moments(float_values(self.frame, names), list(names))
 
-    def transform(self, names: Sequence[Any], params: Affine, inverse: bool) -> Any:
+    def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         self.positions(names)
         if self.kind == "dask.dataframe":
             from . import reduce
 
-            return reduce.transform_frame(self.frame, names, params, inverse=inverse)
+            return reduce.frame_batch_moments(self.frame, names, batch_rows)
+        from .frames import float_values
+
+        return [batch_moments(float_values(self.frame, names), batch_rows, list(names))]
+
+    def transform(self, names: Sequence[Any], fn: ValueMap) -> Any:
+        self.positions(names)
+        if self.kind == "dask.dataframe":
+            from . import reduce
+
+            return reduce.transform_frame(self.frame, names, fn)
         from .frames import float_values, replace_columns
 
         values = float_values(self.frame, names)
-        out = invert_affine(values, params) if inverse else apply_affine(values, params)
-        return replace_columns(self.frame, names, out)
+        return replace_columns(self.frame, names, fn(values, np.arange(len(names)), self.frame))
 
 
 class ArrayView(View):
@@ -171,16 +179,28 @@ class ArrayView(View):
             return dask.delayed(_take_flat, pure=True)(full, pos)
         return array_moments(self._flat(), self.names).take(pos)
 
-    def transform(self, names: Sequence[Any], params: Affine, inverse: bool) -> Any:
-        full = _scatter(params, self.positions(names), self.feature_shape)
+    def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
+        pos = self.positions(names)
         if self._dask:
             from . import reduce
 
-            return reduce.transform_array(self.data, self.reduce_axes, full, inverse=inverse)
-        flat_params = Affine(*(getattr(full, k).ravel() for k in ("center", "scale", "offset", "lo", "hi")))
-        flat = self._flat()
-        out = invert_affine(flat, flat_params) if inverse else apply_affine(flat, flat_params)
+            return reduce.array_batch_moments(self.data, self.reduce_axes, self.name_grid, batch_rows, pos)
+        return [batch_moments(self._flat()[:, pos], batch_rows, list(names))]
+
+    def transform(self, names: Sequence[Any], fn: ValueMap) -> Any:
+        self.positions(names)
+        return self.map_features(names, fn)
+
+    def map_features(self, names: Sequence[Any], fn: ValueMap) -> Any:
+        """Map with ``fn``; features not in ``names`` pass through (positions -1)."""
+        index = {n: i for i, n in enumerate(names)}
+        positions = np.array([index.get(n, -1) for n in self.names], dtype=np.int64).reshape(self.feature_shape)
+        if self._dask:
+            from . import reduce
+
+            return reduce.transform_array(self.data, self.reduce_axes, fn, positions)
         perm = self.reduce_axes + self.other_axes
+        out = fn(self._flat(), positions.ravel(), None)
         shaped = out.reshape(tuple(self.data.shape[a] for a in perm))
         return np.transpose(shaped, np.argsort(perm))
 
@@ -239,15 +259,24 @@ class XarrayView(View):
             return dask.delayed(_concat_take, pure=True)([m for _, m in pieces], index)
         return _concat_take([m for _, m in pieces], index)
 
-    def transform(self, names: Sequence[Any], params: Affine, inverse: bool) -> Any:
+    def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         self.positions(names)
-        where = {n: i for i, n in enumerate(names)}
+        owners = [part for part in self.parts.values() if set(part.names) & set(names)]
+        if len(owners) > 1:
+            raise DataError(
+                "scope 'partition' needs one data variable (its chunks are the batches); "
+                f"the rules match {len(owners)} variables: select one with input.variables"
+            )
+        return owners[0].batch_moments(names, batch_rows)
+
+    def transform(self, names: Sequence[Any], fn: ValueMap) -> Any:
+        self.positions(names)
+        wanted = set(names)
         out = self.data.copy(deep=False)
         for var, part in self.parts.items():
-            mine = [n for n in part.names if n in where]
-            if not mine:
+            if not wanted & set(part.names):
                 continue
-            scaled = part.transform(mine, params.take([where[n] for n in mine]), inverse)
+            scaled = part.map_features(names, fn)
             if self.is_dataset:
                 out[var] = out[var].copy(data=scaled)
             else:

@@ -16,7 +16,7 @@ def client():
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",
         memory_limit="2GiB",
     ) as cluster, distributed.Client(cluster) as c:
         yield c
