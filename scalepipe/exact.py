@@ -170,6 +170,10 @@ def _normalised(limbs: np.ndarray) -> np.ndarray:
     """
     out = np.array(limbs, dtype=np.int64, order="C", copy=True)
     flat = out.reshape(-1, out.shape[-1])
+    kernel = _numba_kernel()
+    if kernel is not None:
+        kernel.normalise(flat)
+        return out
     for k in range(flat.shape[1] - 1):
         carry = flat[:, k] >> LIMB_BITS
         if carry.any():
@@ -248,6 +252,10 @@ def _limbs_from_buckets(buckets: np.ndarray, lo: int, hi: int, n_limbs: int) -> 
     n = buckets.shape[0]
     limbs = np.zeros((n, n_limbs), np.int64)
     if hi <= lo:
+        return limbs
+    kernel = _numba_kernel()
+    if kernel is not None:
+        kernel.limbs_from_buckets(buckets, lo, hi, limbs)
         return limbs
     k0, k1 = lo // LIMB_BITS, -(-hi // LIMB_BITS)
     grid = buckets[:, k0 * LIMB_BITS : k1 * LIMB_BITS].reshape(n, k1 - k0, LIMB_BITS)
@@ -349,13 +357,15 @@ def _chunk_limbs(x: np.ndarray) -> ExactSums:
     kernel = _numba_kernel()
     if kernel is None:
         e_lo, e_hi = _bucket_sums(x, b1, b2)
+        ranges = (e_lo, e_hi + 1 + _HALF_BITS, 2 * e_lo, 2 * e_hi + 1 + 3 * _HALF_BITS)
     else:
-        e_lo, e_hi = kernel.bucket_sums(x, b1, b2)
-        if e_hi == -2:
+        ranges = kernel.bucket_sums(x, b1, b2)
+        if ranges is None:
             _raise_non_finite(x)
+    lo1, hi1, lo2, hi2 = ranges
     return ExactSums(
-        _limbs_from_buckets(b1, e_lo, e_hi + 1 + _HALF_BITS, S1_LIMBS),
-        _limbs_from_buckets(b2, 2 * e_lo, 2 * e_hi + 1 + 3 * _HALF_BITS, S2_LIMBS),
+        _limbs_from_buckets(b1, lo1, hi1, S1_LIMBS),
+        _limbs_from_buckets(b2, lo2, hi2, S2_LIMBS),
     )
 
 
@@ -365,8 +375,10 @@ def chunk_exact_sums(x: np.ndarray) -> ExactSums:
     Parameters
     ----------
     x : array_like, shape (n_rows, n_features)
-        Float64 (or any dtype that converts to it exactly, e.g. float32), in
-        any memory layout. NaN is missing data; zero rows are allowed.
+        Float64 in any memory layout; other real dtypes are converted to
+        float64 first, as :func:`~scalepipe.stats.chunk_moments` does (exact
+        for float32 and for integers up to 2**53). NaN is missing data; zero
+        rows are allowed.
 
     Returns
     -------
@@ -390,8 +402,8 @@ def chunk_exact_sums(x: np.ndarray) -> ExactSums:
     if x.ndim != 2:
         raise DataError(f"expected a 2-D block (rows x features), got shape {x.shape}")
     if x.dtype != np.float64:
-        if x.dtype.kind != "f":
-            raise DataError(f"expected floating-point data, got dtype {x.dtype} (convert it to float64 first)")
+        if x.dtype.kind not in "fiub":
+            raise DataError(f"expected real numeric data, got dtype {x.dtype}")
         x = x.astype(np.float64)
     n, f = x.shape
     if n == 0 or f == 0:

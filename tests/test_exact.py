@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 from fractions import Fraction
 
@@ -136,9 +137,11 @@ def test_float32_input_is_exact(kernel):
     assert chunk_exact_sums(x32).identical(chunk_exact_sums(x32.astype(np.float64)))
 
 
-def test_rejects_non_float_and_bad_shape():
-    with pytest.raises(DataError, match="floating-point"):
-        chunk_exact_sums(np.arange(4).reshape(2, 2))
+def test_integers_convert_and_bad_input_is_rejected():
+    ints = np.arange(-6, 6).reshape(4, 3)
+    assert chunk_exact_sums(ints).identical(chunk_exact_sums(ints.astype(np.float64)))
+    with pytest.raises(DataError, match="real numeric"):
+        chunk_exact_sums(np.ones((2, 2), dtype=complex))
     with pytest.raises(DataError, match="2-D"):
         chunk_exact_sums(np.ones(3))
 
@@ -185,9 +188,49 @@ def test_numba_and_numpy_identical(monkeypatch):
     for block in (x, np.asfortranarray(x), x[::3, ::2]):
         monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
         a = chunk_exact_sums(block)
+        merged_a = merge_exact(a, chunk_exact_sums(-block))
         monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
         b = chunk_exact_sums(block)
         assert a.identical(b)
+        assert merge_exact(b, chunk_exact_sums(-block)).identical(merged_a)
+
+
+def _fast_path_edges(seed: int) -> np.ndarray:
+    """Columns at the numba fast path's limits: magnitudes near 2**-437 and
+    2**500, spans near 75 bits, one odd value in a block, blocks of NaN/zeros."""
+    rng = np.random.default_rng(seed)
+    n = 2049  # two full numba blocks and one row
+    u = rng.standard_normal(n)
+    cols = [np.ldexp(u, t) for t in (-440, -437, -436, -300, 0, 300, 499, 500, 501)]
+    for span in (70, 74, 75, 76, 80, 101):
+        c = 1.0 + np.ldexp(np.floor(rng.random(n) * 2**20), -20)  # in [1, 2): top bit 2**0
+        c[rng.integers(0, n, 8)] = np.ldexp(1.0, 1 - span)  # lowest bit `span` below 2**1
+        c[::5] *= -1
+        cols.append(c)
+    odd = rng.standard_normal(n)
+    odd[1500] = 1e-30
+    odd[100] = np.nan
+    cols.append(odd)
+    nan_block = rng.standard_normal(n)
+    nan_block[:1024] = np.nan
+    nan_block[1024:1100] = 0.0
+    cols.append(nan_block)
+    cols.append(1e9 + rng.standard_normal(n))
+    cols.append(np.float32(rng.lognormal(0.0, 3.0, n)).astype(np.float64))
+    return np.column_stack(cols)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_numba_fast_path_edges_identical(seed, monkeypatch):
+    x = _fast_path_edges(seed)
+    for block in (x, np.asfortranarray(x), x[:1025], x[:7, :11]):
+        monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+        a = chunk_exact_sums(block)
+        monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
+        assert chunk_exact_sums(block).identical(a)
+    if seed == 0:
+        check_against_reference(x[:300])
 
 
 def _pieces(x: np.ndarray, n_pieces: int, seed: int) -> list[np.ndarray]:
@@ -244,7 +287,11 @@ def test_partitioning_invariance_on_hard_columns(seed, n_pieces):
     rng = np.random.default_rng(seed)
     n = 1000
     x = np.column_stack(
-        [1e12 + 1e-3 * rng.random(n), 1e9 + rng.standard_normal(n), rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, n)]
+        [
+            1e12 + 1e-3 * rng.random(n),
+            1e9 + rng.standard_normal(n),
+            rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, n),
+        ]
     )
     whole = chunk_exact_sums(x)
     parts = [chunk_exact_sums(p) for p in _pieces(x, n_pieces, seed)]
@@ -294,6 +341,7 @@ def test_json_round_trip():
     d = to_lists(s)
     d["s1"] = [int(v, 16) for v in d["s1"]]  # plain JSON ints are accepted too
     assert from_lists(d).identical(s)
+    assert pickle.loads(pickle.dumps(s)).identical(s)
 
 
 @pytest.mark.parametrize(
