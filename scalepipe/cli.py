@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -34,10 +36,12 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
         from .errors import ScalepipeError
 
+        if not debug:  # worker processes inherit this: a failed task is our one line, not their log
+            os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
+            click.echo("error: interrupted; an unfinished output or statistics file is never put in place", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except ScalepipeError as err:
             if debug:
@@ -74,6 +78,11 @@ def main() -> None:
     """Exact, one-pass feature scaling on Dask: fit statistics, persist them, scale data."""
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler or container stopping the job) cleans up as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def _run(mode: str, config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool, update: bool = False) -> None:
     import dask
 
@@ -81,15 +90,22 @@ def _run(mode: str, config: str, scheduler: str | None, overrides: tuple[str, ..
     from .pipeline import run_job
 
     cfg = load_config(config, overrides)
+    signal.signal(signal.SIGTERM, _interrupt)
     with dask.config.set({"scalepipe.progress": not quiet and sys.stdout.isatty()}):
         result = run_job(cfg, mode, scheduler=scheduler, update=update, echo=_echo(quiet))  # type: ignore[arg-type]
-    if not quiet:
-        parts = [f"{result.rows} rows", f"{len(result.model.features)} features"]
-        if result.stats_path:
-            parts.append(f"statistics -> {result.stats_path}")
-        if result.output_path:
-            parts.append(f"output -> {result.output_path}")
-        click.echo(f"done in {result.seconds:.1f}s: " + ", ".join(parts))
+    if quiet:
+        return
+    if cfg.report and mode != "transform":
+        for line in _table(result.model):
+            click.echo(line)
+    parts = [f"{len(result.model.features)} features"]
+    if result.rows_written is not None:
+        parts.insert(0, f"{result.rows_written} rows")
+    if result.stats_path:
+        parts.append(f"statistics -> {result.stats_path}")
+    if result.output_path:
+        parts.append(f"output -> {result.output_path}")
+    click.echo(f"done in {result.seconds:.1f}s: " + ", ".join(parts))
 
 
 @main.command()
@@ -127,8 +143,11 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     from .config import load_config
     from .pipeline import validate_job
 
-    for line in validate_job(load_config(config, overrides)):
+    lines, warnings = validate_job(load_config(config, overrides))
+    for line in lines:
         click.echo(line)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"{config}: ok")
 
 
@@ -148,15 +167,21 @@ def inspect(stats: str, as_json: bool) -> None:
     from .model import load
 
     model = load(stats)
-    rows = model.summary()
     if as_json:
-        click.echo(json.dumps(rows, indent=1, default=str))
+        click.echo(json.dumps(model.summary(), indent=1, default=str))
         return
-    columns = ["feature", "method", "count", "nan", "min", "max", "mean", "std", "center", "scale", "offset", "constant"]
-    table = [[_fmt(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for t in table:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+    for line in _table(model):
+        click.echo(line)
     meta = model.meta
-    click.echo(f"\n{len(rows)} features, {len(model.passthrough)} passthrough; created {meta.get('created')}; config {meta.get('config_hash')}")
+    click.echo(
+        f"\n{len(model.features)} features, {len(model.passthrough)} passthrough; "
+        f"created {meta.get('created')}; config {meta.get('config_hash')}"
+    )
+
+
+def _table(model: Any) -> list[str]:
+    """Per feature: method, count, NaNs, min, max, mean, std and the affine parameters, aligned."""
+    columns = ["feature", "method", "count", "nan", "min", "max", "mean", "std", "center", "scale", "offset", "constant"]
+    table = [[_fmt(r[c]) for c in columns] for r in model.summary()]
+    widths = [max([len(c), *(len(t[i]) for t in table)]) for i, c in enumerate(columns)]
+    return ["  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() for t in [columns, *table]]

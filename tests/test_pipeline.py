@@ -1,0 +1,259 @@
+"""The job in-process: the example configs end to end, validation, and the checks before any work.
+
+Jobs run on the session's ``distributed`` cluster (``scheduler=`` its address),
+which exercises the connect-to-an-address path and saves a cluster start per
+job; ``tests/test_cli.py`` runs the embedded cluster in real subprocesses.
+Expected values are computed here with numpy from the data written, not with
+scalepipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import scalepipe as sp
+from scalepipe import io
+from scalepipe.config import load_config
+from scalepipe.errors import ColumnError, ConfigError, OutputError
+from scalepipe.pipeline import run_job, validate_job
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def job(name: str, tmp_path: Path, *overrides: str, inp: str = "in", out: str | None = "out"):
+    """``configs/<name>`` with its paths moved under ``tmp_path``."""
+    paths = [f"input.path={tmp_path / inp}", f"stats.path={tmp_path / 'stats.json'}"]
+    if out is not None:
+        paths.append(f"output.path={tmp_path / out}")
+    return load_config(CONFIGS / name, [*paths, *overrides])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_shipped_config_is_valid(name):
+    cfg = load_config(CONFIGS / name)
+    assert cfg.version == 1 and cfg.scalers
+
+
+# --------------------------------------------------------------------------
+# CSV: configs/csv_example.yaml
+# --------------------------------------------------------------------------
+
+
+def customers(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "customer_id": [f"c{seed}-{i:05d}" for i in range(n)],
+            "age": rng.integers(18, 90, n).astype(float),
+            "income": np.round(rng.lognormal(10, 1, n), 2),
+            "px_1": rng.random(n),
+            "px_2": 100 + rng.standard_normal(n),
+            "amount": np.round(rng.normal(0, 3000, n), 2),
+            "segment": rng.choice(["a", "b", "c"], n),
+            "visits": rng.integers(0, 50, n),
+        }
+    )
+    df.loc[rng.random(n) < 0.05, "income"] = np.nan
+    return df
+
+
+def expected_customers(df: pd.DataFrame) -> pd.DataFrame:
+    """csv_example.yaml's rules, computed with numpy."""
+    out = df.copy()
+    for col in ("age", "income"):
+        x = df[col].to_numpy(float)
+        out[col] = (x - np.nanmean(x)) / np.nanstd(x)
+    for col in ("px_1", "px_2"):
+        x = df[col].to_numpy(float)
+        lo, hi = np.nanmin(x), np.nanmax(x)
+        out[col] = np.clip(-1 + (x - lo) * (2 / (hi - lo)), -1, 1)
+    x = df["amount"].to_numpy(float)
+    j = int(np.floor(np.log10(np.nanmax(np.abs(x))))) + 1
+    out["amount"] = x / 10.0**j
+    return out
+
+
+@pytest.fixture(scope="module")
+def csv_input(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("customers")
+    df = customers(3000, seed=1)
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 2)):
+        df.iloc[part].to_csv(folder / f"part{i}.csv", index=False)
+    return folder, df
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_csv_example_round_trip(tmp_path, client, csv_input, fmt):
+    folder, df = csv_input
+    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}", f"output.format={fmt}")
+    result = run_job(cfg, "run", scheduler=client.scheduler.address)
+
+    assert result.rows_written == len(df)
+    manifest = io.verify_output(str(tmp_path / "out"))
+    assert [f.name for f in manifest.files] == [f"part.0000{i}.{fmt}" for i in range(2)]  # one file per input file
+    files = [tmp_path / "out" / f.name for f in manifest.files]
+    if fmt == "csv":
+        got = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    else:
+        got = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    want = expected_customers(df)
+    assert list(got.columns) == list(df.columns)
+    for col in ("age", "income", "px_1", "px_2", "amount"):
+        np.testing.assert_allclose(got[col], want[col], rtol=0, atol=1e-12, err_msg=col)
+    assert got["customer_id"].tolist() == df["customer_id"].tolist()  # row order kept
+    assert got["segment"].tolist() == df["segment"].tolist()
+    np.testing.assert_array_equal(got["visits"], df["visits"])  # no rule: passed through
+    assert sp.load(tmp_path / "stats.json").passthrough == ["visits"]
+
+
+def test_input_columns_limit_what_the_rules_see(tmp_path, client, csv_input):
+    folder, df = csv_input
+    cfg = job(
+        "csv_example.yaml",
+        tmp_path,
+        f"input.path={folder}",
+        "input.columns=[age, 'px_*', amount]",
+        "scalers.0.columns=[age]",
+        "output.format=parquet",
+    )
+    run_job(cfg, "run", scheduler=client.scheduler.address)
+    model = sp.load(tmp_path / "stats.json")
+    assert model.feature_names == ["age", "px_1", "px_2", "amount"]
+    got = pd.read_parquet(tmp_path / "out")
+    np.testing.assert_array_equal(got["income"], df["income"])  # not selected: written unchanged
+    np.testing.assert_allclose(got["age"], expected_customers(df)["age"], rtol=0, atol=1e-12)
+
+
+def test_fit_update_equals_one_fit_on_all_data(tmp_path, client):
+    first, second = customers(1500, seed=2), customers(900, seed=3)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first.to_csv(tmp_path / "a" / "x.csv", index=False)
+    second.to_csv(tmp_path / "b" / "x.csv", index=False)
+    run_job(job("csv_example.yaml", tmp_path, inp="a", out=None), "fit", scheduler=client.scheduler.address)
+    assert not (tmp_path / "out").exists()
+    updated = run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler=client.scheduler.address)
+
+    both = pd.concat([first, second], ignore_index=True)
+    saved = sp.load(tmp_path / "stats.json")
+    assert saved.moments.count.tolist() == updated.model.moments.count.tolist()
+    want = expected_customers(both)
+    got = saved.transform(both)
+    for col in ("age", "income", "px_1", "px_2", "amount"):
+        np.testing.assert_allclose(got[col], want[col], rtol=0, atol=1e-12, err_msg=col)
+
+
+# --------------------------------------------------------------------------
+# Arrays: configs/zarr_example.yaml (Zarr and NetCDF in, Zarr out)
+# --------------------------------------------------------------------------
+
+
+def era5(seed: int = 0):
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    time, level, lat, lon = 24, 2, 3, 4
+    t2m = (280 + 10 * rng.standard_normal((time, lat, lon))).astype(np.float32)
+    t2m[0, 0, 0] = np.nan
+    u = rng.normal([[[5.0]], [[20.0]]], [[[2.0]], [[9.0]]], (time, level, lat, lon))
+    return xr.Dataset(
+        {
+            "t2m": (("time", "lat", "lon"), t2m),
+            "u": (("time", "level", "lat", "lon"), u),
+            "q": (("time", "lat", "lon"), rng.random((time, lat, lon))),  # not in input.variables
+        },
+        coords={"time": np.arange(time), "level": [850, 500], "lat": [10.0, 20.0, 30.0], "lon": np.arange(lon) * 1.5},
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
+@pytest.mark.parametrize("fmt", ["zarr", "netcdf"])
+def test_array_example_round_trip(tmp_path, client, fmt):
+    ds = era5()
+    source = tmp_path / ("in.zarr" if fmt == "zarr" else "in.nc")
+    if fmt == "zarr":
+        ds.chunk({"time": 8}).to_zarr(source)
+    else:
+        ds.to_netcdf(source, engine="h5netcdf")
+    cfg = job("zarr_example.yaml", tmp_path, f"input.format={fmt}", inp=source.name, out="out.zarr")
+    run_job(cfg, "run", scheduler=client.scheduler.address)
+
+    import xarray as xr
+
+    io.verify_output(str(tmp_path / "out.zarr"))
+    got = xr.open_zarr(tmp_path / "out.zarr")
+    assert sorted(got.data_vars) == ["t2m", "u"]
+    assert got["t2m"].dtype == np.float32 and got["u"].dtype == np.float64
+    if fmt == "zarr":
+        assert got["t2m"].chunks[0] == (8, 8, 8)
+    t = ds["t2m"].values.astype(np.float64)
+    want_t = (t - np.nanmean(t)) / np.nanstd(t)
+    np.testing.assert_allclose(got["t2m"].values, want_t.astype(np.float32), rtol=0, atol=4e-7)
+    assert np.isnan(got["t2m"].values[0, 0, 0])
+    u = ds["u"].values
+    lo, hi = u.min(axis=(0, 2, 3), keepdims=True), u.max(axis=(0, 2, 3), keepdims=True)
+    np.testing.assert_allclose(got["u"].values, -1 + (u - lo) * (2 / (hi - lo)), rtol=0, atol=1e-12)
+    model = sp.load(tmp_path / "stats.json")
+    assert model.feature_names == ["t2m", "u[850]", "u[500]"]
+
+
+# --------------------------------------------------------------------------
+# Validation and the checks before any work
+# --------------------------------------------------------------------------
+
+
+def test_validate_job_lists_rules_and_warns_about_an_existing_output(tmp_path, csv_input):
+    folder, _ = csv_input
+    (tmp_path / "out").mkdir()
+    lines, warnings = validate_job(job("csv_example.yaml", tmp_path, f"input.path={folder}"))
+    assert lines == [
+        "input: 2 file(s), 8 column(s)",
+        "scalers[0] zscore: age, income",
+        "scalers[1] minmax: px_1, px_2",
+        "scalers[2] decimal: amount",
+        "passthrough: visits",
+    ]
+    assert len(warnings) == 1 and str(tmp_path / "out") in warnings[0] and "overwrite" in warnings[0]
+    assert not (tmp_path / "stats.json").exists() and list((tmp_path / "out").iterdir()) == []
+
+
+def test_validate_job_does_not_write_demo_data(tmp_path):
+    cfg = job("quickstart.yaml", tmp_path, inp="demo")
+    lines, warnings = validate_job(cfg)
+    assert "demo data will be written" in lines[0] and warnings == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "fragment"),
+    [
+        ("stats.scope=partition", ConfigError, "stats.scope"),
+        ("stats.exact=true", ConfigError, "stats.exact"),
+        ("stats.path={in}/stats.json", ConfigError, "stats.path"),
+        ("stats.path={out}/stats.json", ConfigError, "stats.path"),
+        ("output.path={in}/scaled", OutputError, "inside the input"),
+        ("scalers.0.columns=[segment]", ColumnError, "'segment'"),
+    ],
+)
+def test_bad_jobs_fail_before_any_work(tmp_path, csv_input, override, error, fragment):
+    folder, _ = csv_input
+    override = override.format(**{"in": folder, "out": tmp_path / "out"})
+    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}", override)
+    before = sorted(p.name for p in folder.iterdir())
+    with pytest.raises(error, match=fragment.replace("[", r"\[")):
+        run_job(cfg, "run", scheduler="tcp://127.0.0.1:9")  # never reached: the checks come first
+    assert sorted(p.name for p in folder.iterdir()) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_transform_checks_the_artifact_columns_before_any_work(tmp_path, csv_input):
+    folder, df = csv_input
+    sp.fit(df.drop(columns=["customer_id", "segment"]).assign(extra=1.0)).save(tmp_path / "stats.json")
+    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}")
+    with pytest.raises(ColumnError, match="'extra'"):
+        run_job(cfg, "transform", scheduler="tcp://127.0.0.1:9")
+    assert not (tmp_path / "out").exists()
