@@ -21,7 +21,7 @@ import numpy as np
 from .batches import scale_batches
 from .methods import _AFFINE_FIELDS, Affine, RuleSet, apply_affine, invert_affine
 
-__all__ = ["AffineMap", "BatchMap", "ValueMap", "params_at"]
+__all__ = ["AffineMap", "BatchMap", "KeyMap", "ValueMap", "params_at"]
 
 
 class ValueMap(Protocol):
@@ -68,3 +68,46 @@ class BatchMap:
             out[:, fitted], self.batch_rows, lambda m: self.rules.params(m, pos, allow_empty=True), names
         )
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class KeyMap:
+    """Scale each row with its key's parameters; unseen keys use the global ones.
+
+    Parameters
+    ----------
+    key
+        The key column of each partition.
+    keys
+        The fitted keys (a pandas Index).
+    per_key
+        Parameters shaped ``(len(keys), n_features)``.
+    fallback
+        The global parameters, shaped ``(n_features,)``.
+    inverse
+        Invert instead of apply.
+    """
+
+    key: Any
+    keys: Any
+    per_key: Affine
+    fallback: Affine
+    inverse: bool = False
+
+    def rows(self, part: Any) -> np.ndarray:
+        """Each row's index among the fitted keys (-1 where unseen or missing)."""
+        return self.keys.get_indexer(part[self.key].to_numpy())
+
+    def __call__(self, values: np.ndarray, positions: np.ndarray, part: Any = None) -> np.ndarray:
+        if part is None:
+            raise TypeError("the key scope needs the partition's key column")
+        idx = self.rows(part)
+        seen = (idx >= 0)[:, None]
+        safe = np.maximum(idx, 0)
+        rowwise = Affine(
+            **{
+                k: np.where(seen, getattr(self.per_key, k)[safe][:, positions], getattr(self.fallback, k)[positions])
+                for k in _AFFINE_FIELDS
+            }
+        )
+        return invert_affine(values, rowwise) if self.inverse else apply_affine(values, rowwise)

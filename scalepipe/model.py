@@ -14,17 +14,20 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import artifact
 from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
-from .maps import AffineMap, BatchMap
+from .maps import AffineMap, BatchMap, KeyMap
 from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, scaler_from_dict
 from .stats import Moments, NonFiniteError, merge, merge_all
 from .views import View, view_of
+
+if TYPE_CHECKING:
+    from .groups import KeyTable
 
 __all__ = ["Model", "Scope", "fit", "load"]
 
@@ -105,7 +108,7 @@ def _rule_label(i: int, scaler: Scaler) -> str:
     return f"scalers[{i}] ({scaler.method})"
 
 
-def resolve_columns(view: View, scalers: Sequence[Scaler]) -> tuple[list[Feature], list[Any]]:
+def resolve_columns(view: View, scalers: Sequence[Scaler], exclude: Sequence[Any] = ()) -> tuple[list[Feature], list[Any]]:
     """Assign features to rules: first matching rule wins.
 
     Returns the fitted features (in the data's order) and the numeric features
@@ -119,7 +122,7 @@ def resolve_columns(view: View, scalers: Sequence[Scaler]) -> tuple[list[Feature
         matches no column at all. The message names the rule.
     """
     rule_of: dict[Any, int] = {}
-    numeric = dict(zip(view.names, view.numeric))
+    numeric = {n: ok and n not in exclude for n, ok in zip(view.names, view.numeric)}
     dtype = dict(zip(view.names, view.dtypes))
     for i, scaler in enumerate(scalers):
         claimed = []
@@ -165,6 +168,22 @@ def _compute(lazy: Any, names: Sequence[Any]) -> Moments:
         if err.names is None:
             raise err.named(names) from None
         raise
+
+
+def _compute_keyed(view: View, names: Sequence[Any], key: Any) -> tuple[Moments, KeyTable]:
+    """Global statistics and the per-key table, in one pass."""
+    if not hasattr(view, "key_moments"):
+        raise DataError(f"scope 'key' needs a table (pandas or dask DataFrame), not {view.kind} data")
+    lazy = view.key_moments(names, key)
+    try:
+        if view.lazy:
+            from . import reduce
+
+            (lazy,) = reduce.compute(lazy)
+    except NonFiniteError as err:
+        raise (err.named(names) if err.names is None else err) from None
+    moments, table = lazy
+    return moments, table.sorted()
 
 
 def _batch_table(
@@ -230,6 +249,7 @@ class Model:
         meta: dict[str, Any] | None = None,
         scope: Scope | None = None,
         batches: BatchStats | None = None,
+        groups: KeyTable | None = None,
     ) -> None:
         self.scalers = list(scalers)
         self.features = list(features)
@@ -238,6 +258,7 @@ class Model:
         self.meta = dict(meta or {})
         self.scope = scope or Scope()
         self.batches = batches
+        self.groups = groups
         self.params = params if params is not None else self._derive_params()
 
     @property
@@ -293,13 +314,29 @@ class Model:
         if stats not in (None, "batch"):
             raise ParameterError("stats", f"{stats!r} is not None or 'batch'")
         view = view_of(data, feature_names, self.meta.get("reduce_dims"))
-        fn = BatchMap(self.rules, self.scope.batch_rows) if stats == "batch" else AffineMap(self.params)
+        fn = BatchMap(self.rules, self.scope.batch_rows) if stats == "batch" else self._map(inverse=False)
         return view.transform(self.feature_names, fn)
 
     def inverse_transform(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Any:
         """Undo :meth:`transform` (a feature scaled to a constant maps back to its center)."""
         view = view_of(data, feature_names, self.meta.get("reduce_dims"))
-        return view.transform(self.feature_names, AffineMap(self.params, inverse=True))
+        return view.transform(self.feature_names, self._map(inverse=True))
+
+    def _map(self, inverse: bool) -> AffineMap | KeyMap:
+        if self.groups is None:
+            return AffineMap(self.params, inverse)
+        per_key = self.rules.params(self.groups.moments, allow_empty=True)
+        return KeyMap(self.scope.key, self.groups.keys, per_key, self.params, inverse)
+
+    def unseen_rows(self, data: Any) -> Any:
+        """Rows whose key was not seen at fit (they are scaled with the global statistics).
+
+        An int for in-memory data, a lazy dask scalar for a dask DataFrame.
+        """
+        if self.groups is None:
+            raise ParameterError("scope", "unseen_rows needs a model fitted with scope='key'")
+        column = data[self.scope.key]
+        return (~column.isin(list(self.groups.keys))).sum()
 
     def partial_fit(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Model:
         """Update the statistics with more rows; equals a fit on all rows together.
@@ -314,7 +351,12 @@ class Model:
         """
         view = view_of(data, feature_names, self.meta.get("reduce_dims"))
         names = self.feature_names
-        if self.batches is None:
+        if self.groups is not None:
+            from .groups import merge_tables
+
+            new, table = _compute_keyed(view, names, self.scope.key)
+            self.groups = merge_tables(self.groups, table).sorted()
+        elif self.batches is None:
             new = _compute(view.moments(names), names)
         else:
             first = len({label.split(" batch ")[0] for label in self.batches.labels})
@@ -403,6 +445,7 @@ class Model:
             "parameters": {k: artifact.encode_floats(getattr(self.params, k)) for k in _AFFINE_FIELDS},
             "scope": asdict(self.scope),
             "batches": None if self.batches is None else _batches_document(self.batches),
+            "groups": None if self.groups is None else _groups_document(self.groups),
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -421,10 +464,11 @@ class Model:
                 raise ValueError("statistics do not match the features")
             scope = Scope(**doc.get("scope", {}))
             batches = _batches_from_document(doc["batches"]) if doc.get("batches") else None
+            groups = _groups_from_document(doc["groups"]) if doc.get("groups") else None
         except (KeyError, TypeError, ValueError, ParameterError) as err:
             raise ArtifactError(f"{source}: malformed statistics file: {err}") from None
         meta = {k: doc.get(k) for k in ("created", "config_hash", "input_fingerprint", "data_kind", "reduce_dims")}
-        return cls(scalers, features, doc.get("passthrough", []), moments, params, meta, scope, batches)
+        return cls(scalers, features, doc.get("passthrough", []), moments, params, meta, scope, batches, groups)
 
     def __repr__(self) -> str:
         methods = sorted({self.scalers[f.rule].method for f in self.features})
@@ -467,6 +511,18 @@ def _batches_from_document(d: dict[str, Any]) -> BatchStats:
         np.array(artifact.decode_floats(run["mean"])), np.array(artifact.decode_floats(run["var"])), int(run["num_batches_tracked"])
     )
     return BatchStats(_moments_from_document(d["statistics"]), list(d["labels"]), running)
+
+
+def _groups_document(g: KeyTable) -> dict[str, Any]:
+    return {"keys": g.keys.tolist(), "statistics": _moments_document(g.moments)}
+
+
+def _groups_from_document(d: dict[str, Any]) -> KeyTable:
+    import pandas as pd
+
+    from .groups import KeyTable
+
+    return KeyTable(pd.Index(d["keys"]), _moments_from_document(d["statistics"]))
 
 
 def _now() -> str:
@@ -557,10 +613,12 @@ def fit(
     if not isinstance(scope, Scope):
         scope = Scope(scope, batch_rows, min_batch_rows, inference_stats, key)
     view = view_of(data, feature_names, reduce_dims)
-    features, passthrough = resolve_columns(view, rules)
+    features, passthrough = resolve_columns(view, rules, exclude=[scope.key] if scope.kind == "key" else ())
     names = [f.name for f in features]
-    batches = None
-    if scope.kind == "partition":
+    batches = groups = None
+    if scope.kind == "key":
+        moments, groups = _compute_keyed(view, names, scope.key)
+    elif scope.kind == "partition":
         table, labels = _batch_table(view, names, scope, partition_labels)
         moments = merge_all([table.row(i) for i in range(len(labels))])
         batches = BatchStats(table, labels, running_stats(table, _momenta(rules, features)))
@@ -576,7 +634,7 @@ def fit(
         "input_fingerprint": {"kind": view.kind, "rows": rows, "features": len(view.names)},
         **(meta or {}),
     }
-    return Model(rules, features, passthrough, moments, meta=info, scope=scope, batches=batches)
+    return Model(rules, features, passthrough, moments, meta=info, scope=scope, batches=batches, groups=groups)
 
 
 def load(path: str | os.PathLike[str]) -> Model:

@@ -20,10 +20,12 @@ from dask.delayed import Delayed
 
 from .batches import batch_moments
 from .frames import float_values
+from .groups import KeyTable, key_moments, merge_all_tables
 from .maps import ValueMap
 from .stats import Moments, chunk_moments, merge_all, tree_reduce
 
 __all__ = [
+    "frame_key_moments",
     "array_batch_moments",
     "array_moments",
     "compute",
@@ -228,3 +230,26 @@ def array_batch_moments(
         dask.delayed(_nd_block_batches, pure=True)(blocks[r + tail], n_reduce, picked, batch_rows, positions)
         for r in product(*(range(n) for n in xt.numblocks[:n_reduce]))
     ]
+
+
+def _frame_block_keys(df: Any, columns: list[str], key: Any) -> tuple[Moments, KeyTable]:
+    values = float_values(df, columns)
+    return chunk_moments(values, columns), key_moments(df[key].to_numpy(), values, columns)
+
+
+def _merge_keyed(parts: list[tuple[Moments, KeyTable]]) -> tuple[Moments, KeyTable]:
+    return merge_all([p[0] for p in parts]), merge_all_tables([p[1] for p in parts])
+
+
+def frame_key_moments(frame: Any, columns: Sequence[str], key: Any) -> Delayed:
+    """Lazy global :class:`Moments` and per-key :class:`KeyTable` of a dask DataFrame.
+
+    One task per partition computes both; a fixed tree merges them. No
+    shuffle: only the (small) per-key tables travel.
+    """
+    columns = list(columns)
+    parts = [
+        dask.delayed(_frame_block_keys, pure=True)(part, columns, key)
+        for part in frame[[*columns, key]].to_delayed()
+    ]
+    return tree_reduce(parts, dask.delayed(_merge_keyed, pure=True))

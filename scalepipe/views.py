@@ -126,6 +126,21 @@ class FrameView(View):
 
         return [batch_moments(float_values(self.frame, names), batch_rows, list(names))]
 
+    def key_moments(self, names: Sequence[Any], key: Any) -> Any:
+        """Global statistics and per-key table of ``names`` (delayed if :attr:`lazy`)."""
+        self.positions(names)
+        if key not in self.names:
+            raise ColumnError(f"stats.key: key column {key!r} is not in the data (it has {_preview(self.names)})")
+        if self.kind == "dask.dataframe":
+            from . import reduce
+
+            return reduce.frame_key_moments(self.frame, names, key)
+        from .frames import float_values
+        from .groups import key_moments
+
+        values = float_values(self.frame, names)
+        return array_moments(values, list(names)), key_moments(self.frame[key].to_numpy(), values, list(names))
+
     def transform(self, names: Sequence[Any], fn: ValueMap) -> Any:
         self.positions(names)
         if self.kind == "dask.dataframe":

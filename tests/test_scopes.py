@@ -135,3 +135,79 @@ def test_torch_state_dict():
     bn.eval()
     got = bn(torch.as_tensor(x[:, :2])).detach().numpy()
     np.testing.assert_allclose(got, model.transform(x)[:, :2], rtol=1e-10, atol=1e-10)
+
+
+def keyed_frame(n: int = 3000, keys: int = 40, seed: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    sensor = rng.integers(0, keys, n)
+    df = pd.DataFrame(
+        {
+            "sensor": np.array([f"s{k}" for k in sensor]),
+            "temp": 10.0 * sensor + rng.normal(0, 1 + sensor % 3, n),
+            "load": 1e6 + rng.random(n),
+        }
+    )
+    df.loc[rng.random(n) < 0.05, "temp"] = np.nan
+    lonely = pd.DataFrame({"sensor": ["solo"], "temp": [3.0], "load": [5.0]})
+    return pd.concat([df, lonely], ignore_index=True)
+
+
+def test_key_scope_matches_pandas_groupby(client):
+    dd = pytest.importorskip("dask.dataframe")
+    df = keyed_frame()
+    model = sp.fit(dd.from_pandas(df, npartitions=5), [sp.ZScore(["temp", "load"])], scope="key", key="sensor")
+    grouped = df.groupby("sensor")
+    mean, std = grouped[["temp", "load"]].mean(), grouped[["temp", "load"]].std(ddof=0)
+    keys = list(model.groups.keys)
+    assert sorted(keys) == keys and set(keys) == set(df["sensor"])
+    # tolerance: 1e-12 relative against pandas groupby (its mean drifts on load = 1e6 + U; compare var loosely there)
+    np.testing.assert_allclose(model.groups.moments.mean, mean.loc[keys].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(np.sqrt(model.groups.moments.var()), std.loc[keys].fillna(0).to_numpy(), rtol=1e-9, atol=1e-12)
+    assert model.feature_names == ["temp", "load"]
+    out = model.transform(df)
+    expected = (df["temp"] - df.groupby("sensor")["temp"].transform("mean")) / df.groupby("sensor")["temp"].transform(
+        lambda s: s.std(ddof=0)
+    )
+    solo = df["sensor"] == "solo"
+    np.testing.assert_allclose(out.loc[~solo, "temp"], expected[~solo], rtol=1e-10, atol=1e-10)
+    # one row: zero variance -> constant -> unit scale: x - mean = 0
+    assert out.loc[solo, "temp"].tolist() == [0.0] and out.loc[solo, "load"].tolist() == [0.0]
+
+
+def test_key_scope_unseen_key_falls_back_to_global(tmp_path):
+    df = keyed_frame(500, keys=5)
+    model = sp.fit(df, [sp.MinMax(["temp"])], scope="key", key="sensor")
+    model.save(tmp_path / "k.json")
+    loaded = sp.load(tmp_path / "k.json")
+    new = pd.DataFrame({"sensor": ["s1", "never"], "temp": [12.0, 12.0], "load": [0.0, 0.0]})
+    out = loaded.transform(new)
+    g = df[df["sensor"] == "s1"]["temp"]
+    assert out["temp"].iloc[0] == pytest.approx((12.0 - g.min()) / (g.max() - g.min()), rel=1e-12)
+    t = df["temp"]
+    assert out["temp"].iloc[1] == pytest.approx((12.0 - t.min()) / (t.max() - t.min()), rel=1e-12)
+    assert loaded.unseen_rows(new) == 1
+    np.testing.assert_allclose(loaded.inverse_transform(out)["temp"], new["temp"], rtol=1e-12)
+
+
+def test_key_scope_integer_keys_many_distinct(client):
+    dd = pytest.importorskip("dask.dataframe")
+    rng = np.random.default_rng(8)
+    n, keys = 400_000, 100_000
+    key = rng.integers(0, keys, n)
+    df = pd.DataFrame({"k": key, "v": key + rng.standard_normal(n)})
+    model = sp.fit(dd.from_pandas(df, npartitions=8), [sp.ZScore(["v"])], scope="key", key="k")
+    assert len(model.groups.keys) == df["k"].nunique()
+    assert model.feature_names == ["v"]
+    ref = df.groupby("k")["v"].mean()
+    np.testing.assert_allclose(model.groups.moments.mean[:, 0], ref.loc[model.groups.keys].to_numpy(), rtol=1e-12)
+    out = model.transform(dd.from_pandas(df, npartitions=8)).compute()
+    assert np.isfinite(out["v"]).all()
+
+
+def test_partial_fit_key_scope():
+    df = keyed_frame(800)
+    model = sp.fit(df.iloc[:300], [sp.ZScore(["temp"])], scope="key", key="sensor").partial_fit(df.iloc[300:])
+    whole = sp.fit(df, [sp.ZScore(["temp"])], scope="key", key="sensor")
+    assert list(model.groups.keys) == list(whole.groups.keys)
+    np.testing.assert_allclose(model.groups.moments.mean, whole.groups.moments.mean, rtol=1e-12)
+    np.testing.assert_allclose(model.groups.moments.m2, whole.groups.moments.m2, rtol=1e-12, atol=1e-300)
