@@ -23,7 +23,8 @@ from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
 from .maps import AffineMap, BatchMap, KeyMap
 from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, scaler_from_dict
-from .stats import Moments, NonFiniteError, merge, merge_all
+from .exact import ExactSums, from_lists, to_lists
+from .stats import ExactMoments, Moments, NonFiniteError, merge, merge_all
 from .views import View, view_of
 
 if TYPE_CHECKING:
@@ -155,10 +156,10 @@ def resolve_columns(view: View, scalers: Sequence[Scaler], exclude: Sequence[Any
     return features, passthrough
 
 
-def _compute(lazy: Any, names: Sequence[Any]) -> Moments:
+def _compute(lazy: Any, names: Sequence[Any]) -> Any:
     """Evaluate (possibly lazy) moments, naming the column of an ``inf``."""
     try:
-        if isinstance(lazy, Moments):
+        if isinstance(lazy, (Moments, ExactMoments)):
             return lazy
         from . import reduce
 
@@ -250,6 +251,7 @@ class Model:
         scope: Scope | None = None,
         batches: BatchStats | None = None,
         groups: KeyTable | None = None,
+        exact: ExactSums | None = None,
     ) -> None:
         self.scalers = list(scalers)
         self.features = list(features)
@@ -259,6 +261,7 @@ class Model:
         self.scope = scope or Scope()
         self.batches = batches
         self.groups = groups
+        self.exact = exact
         self.params = params if params is not None else self._derive_params()
 
     @property
@@ -356,6 +359,10 @@ class Model:
 
             new, table = _compute_keyed(view, names, self.scope.key)
             self.groups = merge_tables(self.groups, table).sorted()
+        elif self.exact is not None:
+            both = merge(ExactMoments(self.moments, self.exact), _compute(view.moments(names, exact=True), names))
+            self.moments, self.exact = both.finish(), both.sums
+            new = None
         elif self.batches is None:
             new = _compute(view.moments(names), names)
         else:
@@ -367,7 +374,8 @@ class Model:
                 self.batches.labels + labels,
                 running_stats(table, _momenta(self.scalers, self.features), self.batches.running),
             )
-        self.moments = merge(self.moments, new)
+        if new is not None:
+            self.moments = merge(self.moments, new)
         self.params = self._derive_params()
         self.meta["created"] = _now()
         self.meta["input_fingerprint"] = None
@@ -446,6 +454,7 @@ class Model:
             "scope": asdict(self.scope),
             "batches": None if self.batches is None else _batches_document(self.batches),
             "groups": None if self.groups is None else _groups_document(self.groups),
+            "exact_sums": None if self.exact is None else to_lists(self.exact),
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -465,10 +474,11 @@ class Model:
             scope = Scope(**doc.get("scope", {}))
             batches = _batches_from_document(doc["batches"]) if doc.get("batches") else None
             groups = _groups_from_document(doc["groups"]) if doc.get("groups") else None
+            exact = from_lists(doc["exact_sums"]) if doc.get("exact_sums") else None
         except (KeyError, TypeError, ValueError, ParameterError) as err:
             raise ArtifactError(f"{source}: malformed statistics file: {err}") from None
         meta = {k: doc.get(k) for k in ("created", "config_hash", "input_fingerprint", "data_kind", "reduce_dims")}
-        return cls(scalers, features, doc.get("passthrough", []), moments, params, meta, scope, batches, groups)
+        return cls(scalers, features, doc.get("passthrough", []), moments, params, meta, scope, batches, groups, exact)
 
     def __repr__(self) -> str:
         methods = sorted({self.scalers[f.rule].method for f in self.features})
@@ -560,6 +570,7 @@ def fit(
     inference_stats: str = "running",
     key: Any = None,
     partition_labels: Sequence[str] | None = None,
+    exact: bool = False,
     meta: dict[str, Any] | None = None,
 ) -> Model:
     """Compute the statistics of ``data`` in one pass and derive every rule's parameters.
@@ -589,6 +600,10 @@ def fit(
         serve inference; or ``"key"``.
     partition_labels
         A label per partition (e.g. its file) for error messages.
+    exact
+        Accumulate exact sums of ``x`` and ``x*x`` (global scope): the mean and
+        variance are correctly rounded and bit-identical for any chunking,
+        merge order or cluster size.
     meta
         Provenance to record in the artifact (``config_hash``, ``input_fingerprint``).
 
@@ -612,6 +627,9 @@ def fit(
     rules = _as_scalers(scalers)
     if not isinstance(scope, Scope):
         scope = Scope(scope, batch_rows, min_batch_rows, inference_stats, key)
+    if exact and scope.kind != "global":
+        raise ParameterError("exact", f"exact sums are kept for the global scope only, not {scope.kind!r}")
+    exact_sums = None
     view = view_of(data, feature_names, reduce_dims)
     features, passthrough = resolve_columns(view, rules, exclude=[scope.key] if scope.kind == "key" else ())
     names = [f.name for f in features]
@@ -622,6 +640,9 @@ def fit(
         table, labels = _batch_table(view, names, scope, partition_labels)
         moments = merge_all([table.row(i) for i in range(len(labels))])
         batches = BatchStats(table, labels, running_stats(table, _momenta(rules, features)))
+    elif exact:
+        both = _compute(view.moments(names, exact=True), names)
+        moments, exact_sums = both.finish(), both.sums
     else:
         moments = _compute(view.moments(names), names)
     rows = int(moments.count[0] + moments.nan_count[0]) if len(names) else 0
@@ -634,7 +655,9 @@ def fit(
         "input_fingerprint": {"kind": view.kind, "rows": rows, "features": len(view.names)},
         **(meta or {}),
     }
-    return Model(rules, features, passthrough, moments, meta=info, scope=scope, batches=batches, groups=groups)
+    return Model(
+        rules, features, passthrough, moments, meta=info, scope=scope, batches=batches, groups=groups, exact=exact_sums
+    )
 
 
 def load(path: str | os.PathLike[str]) -> Model:

@@ -22,7 +22,7 @@ from .batches import batch_moments
 from .frames import float_values
 from .groups import KeyTable, key_moments, merge_all_tables
 from .maps import ValueMap
-from .stats import Moments, chunk_moments, merge_all, tree_reduce
+from .stats import ExactMoments, Moments, chunk_moments, merge_all, tree_reduce
 
 __all__ = [
     "frame_key_moments",
@@ -63,15 +63,18 @@ def compute(*lazy: Delayed) -> tuple[Any, ...]:
     return tuple(client.gather(futures))
 
 
-def _frame_block_moments(df: Any, columns: list[str]) -> Moments:
-    return chunk_moments(float_values(df, columns), columns)
+def _frame_block_moments(df: Any, columns: list[str], exact: bool) -> Moments | ExactMoments:
+    return chunk_moments(float_values(df, columns), columns, exact)
 
 
-def frame_moments(frame: Any, columns: Sequence[str]) -> Delayed:
-    """Lazy :class:`Moments` of ``columns`` of a dask DataFrame (one per column)."""
+def frame_moments(frame: Any, columns: Sequence[str], exact: bool = False) -> Delayed:
+    """Lazy :class:`Moments` of ``columns`` of a dask DataFrame (one per column).
+
+    With ``exact``, :class:`ExactMoments` (exact sums beside the moments).
+    """
     columns = list(columns)
     parts = [
-        dask.delayed(_frame_block_moments, pure=True)(part, columns)
+        dask.delayed(_frame_block_moments, pure=True)(part, columns, exact)
         for part in frame[columns].to_delayed()
     ]
     if not parts:
@@ -79,14 +82,16 @@ def frame_moments(frame: Any, columns: Sequence[str]) -> Delayed:
     return tree_reduce(parts, _merge)
 
 
-def _nd_block_moments(block: np.ndarray, n_reduce: int, names: np.ndarray) -> Moments:
+def _nd_block_moments(block: np.ndarray, n_reduce: int, names: np.ndarray, exact: bool) -> Moments | ExactMoments:
     other = block.shape[n_reduce:]
     rows = int(np.prod(block.shape[:n_reduce], dtype=np.int64))
     flat = np.reshape(block, (rows, int(np.prod(other, dtype=np.int64))))
-    return chunk_moments(flat, list(names.ravel())).reshape(other)
+    return chunk_moments(flat, list(names.ravel()), exact).reshape(other)
 
 
-def _assemble(parts: list[Moments], slices: list[tuple[slice, ...]], shape: tuple[int, ...]) -> Moments:
+def _assemble(parts: list[Any], slices: list[tuple[slice, ...]], shape: tuple[int, ...]) -> Any:
+    if len(parts) == 1:
+        return parts[0]
     full = Moments.empty(shape).to_dict()
     for part, where in zip(parts, slices):
         for name, values in part.to_dict().items():
@@ -102,7 +107,7 @@ def _block_slices(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[slice, ...]
     ]
 
 
-def array_moments(x: Any, reduce_axes: Sequence[int], names: np.ndarray) -> Delayed:
+def array_moments(x: Any, reduce_axes: Sequence[int], names: np.ndarray, exact: bool = False) -> Delayed:
     """Lazy :class:`Moments` of a dask array reduced over ``reduce_axes``.
 
     Parameters
@@ -113,16 +118,22 @@ def array_moments(x: Any, reduce_axes: Sequence[int], names: np.ndarray) -> Dela
         The axes to reduce over (``(0,)`` for a rows x features table).
     names : ndarray
         Feature names, shaped as the remaining axes (for error messages).
+    exact : bool
+        Also accumulate exact sums; the remaining axes are then joined into
+        one block (exact sums are assembled whole).
 
     Returns
     -------
     Delayed
-        Evaluates to :class:`Moments` shaped as the remaining axes, in their order.
+        Evaluates to :class:`Moments` (or :class:`ExactMoments`) shaped as
+        the remaining axes, in their order.
     """
     reduce_axes = tuple(reduce_axes)
     other_axes = tuple(a for a in range(x.ndim) if a not in reduce_axes)
     xt = x.transpose(reduce_axes + other_axes)
     n_reduce = len(reduce_axes)
+    if exact and any(n > 1 for n in xt.numblocks[n_reduce:]):
+        xt = xt.rechunk({i: -1 for i in range(n_reduce, xt.ndim)})
     blocks = xt.to_delayed()
     reduce_grid = list(product(*(range(n) for n in xt.numblocks[:n_reduce])))
     other_chunks = xt.chunks[n_reduce:]
@@ -132,7 +143,7 @@ def array_moments(x: Any, reduce_axes: Sequence[int], names: np.ndarray) -> Dela
     for o, where in zip(other_grid, slices):
         block_names = np.asarray(names[where], dtype=object)
         parts = [
-            dask.delayed(_nd_block_moments, pure=True)(blocks[r + o], n_reduce, block_names)
+            dask.delayed(_nd_block_moments, pure=True)(blocks[r + o], n_reduce, block_names, exact)
             for r in reduce_grid
         ]
         merged.append(tree_reduce(parts, _merge))

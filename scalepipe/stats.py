@@ -26,8 +26,10 @@ from typing import TypeVar
 import numpy as np
 
 from .errors import DataError
+from .exact import ExactSums, chunk_exact_sums, exact_mean_m2, merge_exact
 
 __all__ = [
+    "ExactMoments",
     "Moments",
     "NonFiniteError",
     "array_moments",
@@ -192,6 +194,42 @@ class Moments:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class ExactMoments:
+    """:class:`Moments` with exact sums beside them (``stats.exact``).
+
+    The exact sums of ``x`` and ``x*x`` merge by integer addition, so
+    :meth:`finish` gives a correctly rounded mean and ``m2`` that are
+    bit-identical for any chunking, merge order or worker count.
+    """
+
+    moments: Moments
+    sums: ExactSums
+
+    def finish(self) -> Moments:
+        """The moments with ``mean`` and ``m2`` taken from the exact sums."""
+        from dataclasses import replace
+
+        mean, m2 = exact_mean_m2(self.sums, self.moments.count)
+        mean = np.where(self.moments.count > 0, mean, 0.0)
+        m2 = np.where(self.moments.count > 0, m2, 0.0)
+        return replace(self.moments, mean=mean, mean_lo=np.zeros_like(mean), m2=m2)
+
+    def reshape(self, shape: tuple[int, ...]) -> ExactMoments:
+        """The same statistics with the features arranged in ``shape``."""
+        return ExactMoments(self.moments.reshape(shape), self.sums.reshape(shape))
+
+    def take(self, index: Sequence[int] | np.ndarray) -> ExactMoments:
+        """The statistics of the features at ``index``."""
+        flat = np.asarray(index)
+        return ExactMoments(self.moments.take(flat), ExactSums(self.sums.s1[flat], self.sums.s2[flat]))
+
+    @classmethod
+    def concat(cls, parts: Sequence[ExactMoments]) -> ExactMoments:
+        """Join the statistics of disjoint feature sets."""
+        return cls(Moments.concat([p.moments for p in parts]), ExactSums.concat([p.sums for p in parts]))
+
+
 def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Knuth's error-free sum: ``s + e == a + b`` exactly, ``s = fl(a + b)``."""
     s = a + b
@@ -246,7 +284,7 @@ def _block_moments(x: np.ndarray) -> Moments:
     return Moments(count, nan_count, lo, hi, absmax, mean, mean_lo, np.maximum(m2, 0.0))
 
 
-def chunk_moments(block: object, names: Sequence[object] | None = None) -> Moments:
+def chunk_moments(block: object, names: Sequence[object] | None = None, exact: bool = False) -> Moments | ExactMoments:
     """Statistics of a 2-D block (rows x features), accumulated in float64.
 
     Parameters
@@ -256,10 +294,12 @@ def chunk_moments(block: object, names: Sequence[object] | None = None) -> Momen
         missing data and is skipped.
     names : sequence, optional
         The features' names, used to name the columns in errors.
+    exact : bool
+        Also accumulate exact sums (:class:`ExactMoments`).
 
     Returns
     -------
-    Moments
+    Moments or ExactMoments
         One value per feature, shape ``(n_features,)``.
 
     Raises
@@ -276,17 +316,21 @@ def chunk_moments(block: object, names: Sequence[object] | None = None) -> Momen
     x = _as_float64_columns(block)
     n, f = x.shape
     if n == 0:
-        return Moments.empty(f)
+        return ExactMoments(Moments.empty(f), ExactSums.empty(f)) if exact else Moments.empty(f)
     rows = max(1024, BLOCK_VALUES // max(f, 1))
     try:
         if n <= rows:
-            return _block_moments(x)
-        return merge_all([_block_moments(x[i : i + rows]) for i in range(0, n, rows)])
+            moments = _block_moments(x)
+        else:
+            moments = merge_all([_block_moments(x[i : i + rows]) for i in range(0, n, rows)])
     except NonFiniteError as err:
         raise (err.named(names) if names is not None else err) from None
+    return ExactMoments(moments, chunk_exact_sums(x)) if exact else moments
 
 
-def array_moments(x: np.ndarray, names: Sequence[object] | None = None, threads: int | None = None) -> Moments:
+def array_moments(
+    x: np.ndarray, names: Sequence[object] | None = None, threads: int | None = None, exact: bool = False
+) -> Moments | ExactMoments:
     """Statistics of an in-memory 2-D array, its row blocks computed on threads.
 
     The blocks and the merge tree depend only on the array's shape, so the
@@ -299,24 +343,29 @@ def array_moments(x: np.ndarray, names: Sequence[object] | None = None, threads:
         Feature names for error messages.
     threads : int, optional
         Worker threads (default: the CPU count).
+    exact : bool
+        Also accumulate exact sums (:class:`ExactMoments`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     n, f = np.shape(x)
     rows = max(1024, (16 * BLOCK_VALUES) // max(f, 1))
     if n <= rows:
-        return chunk_moments(x, names)
+        return chunk_moments(x, names, exact)
     pieces = [x[i : i + rows] for i in range(0, n, rows)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(pool.map(lambda piece: chunk_moments(piece, names), pieces))
+        parts = list(pool.map(lambda piece: chunk_moments(piece, names, exact), pieces))
     return merge_all(parts)
 
 
-def merge(a: Moments, b: Moments) -> Moments:
+def merge(a: Moments | ExactMoments, b: Moments | ExactMoments) -> Moments | ExactMoments:
     """Statistics of the union of two disjoint row sets (Chan et al.).
 
     ``merge(Moments.empty(shape), m)`` is ``m``: empty chunks merge cleanly.
+    Exact sums, when present, merge by integer addition.
     """
+    if isinstance(a, ExactMoments) and isinstance(b, ExactMoments):
+        return ExactMoments(merge(a.moments, b.moments), merge_exact(a.sums, b.sums))
     na, nb = a.count, b.count
     n = na + nb
     safe_n = np.maximum(n, 1)

@@ -72,8 +72,11 @@ class View(abc.ABC):
         return pos
 
     @abc.abstractmethod
-    def moments(self, names: Sequence[Any]) -> Any:
-        """Statistics of ``names`` (a :class:`Moments`, or a delayed one if :attr:`lazy`)."""
+    def moments(self, names: Sequence[Any], exact: bool = False) -> Any:
+        """Statistics of ``names`` (a :class:`Moments`, or a delayed one if :attr:`lazy`).
+
+        With ``exact``, :class:`~scalepipe.stats.ExactMoments`.
+        """
 
     @abc.abstractmethod
     def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
@@ -106,15 +109,15 @@ class FrameView(View):
         self.dtypes = [str(t) for t in frame.dtypes]
         self.numeric = [is_numeric(t) for t in frame.dtypes]
 
-    def moments(self, names: Sequence[Any]) -> Any:
+    def moments(self, names: Sequence[Any], exact: bool = False) -> Any:
         self.positions(names)
         if self.kind == "dask.dataframe":
             from . import reduce
 
-            return reduce.frame_moments(self.frame, names)
+            return reduce.frame_moments(self.frame, names, exact)
         from .frames import float_values
 
-        return array_moments(float_values(self.frame, names), list(names))
+        return array_moments(float_values(self.frame, names), list(names), exact=exact)
 
     def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         self.positions(names)
@@ -183,16 +186,16 @@ class ArrayView(View):
         x = np.transpose(self.data, self.reduce_axes + self.other_axes)
         return x.reshape(-1, int(np.prod(self.feature_shape, dtype=np.int64)))
 
-    def moments(self, names: Sequence[Any]) -> Any:
+    def moments(self, names: Sequence[Any], exact: bool = False) -> Any:
         pos = self.positions(names)
         if self._dask:
             import dask
 
             from . import reduce
 
-            full = reduce.array_moments(self.data, self.reduce_axes, self.name_grid)
+            full = reduce.array_moments(self.data, self.reduce_axes, self.name_grid, exact)
             return dask.delayed(_take_flat, pure=True)(full, pos)
-        return array_moments(self._flat(), self.names).take(pos)
+        return array_moments(self._flat(), self.names, exact=exact).take(pos)
 
     def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         pos = self.positions(names)
@@ -220,7 +223,7 @@ class ArrayView(View):
         return np.transpose(shaped, np.argsort(perm))
 
 
-def _take_flat(m: Moments, pos: np.ndarray) -> Moments:
+def _take_flat(m: Any, pos: np.ndarray) -> Any:
     return m.reshape((-1,)).take(pos)
 
 
@@ -258,14 +261,14 @@ class XarrayView(View):
         self.dtypes = [t for p in self.parts.values() for t in p.dtypes]
         self.numeric = [True] * len(self.names)
 
-    def moments(self, names: Sequence[Any]) -> Any:
+    def moments(self, names: Sequence[Any], exact: bool = False) -> Any:
         self.positions(names)
         wanted = set(names)
         pieces = []
         for part in self.parts.values():
             mine = [n for n in part.names if n in wanted]
             if mine:
-                pieces.append((mine, part.moments(mine)))
+                pieces.append((mine, part.moments(mine, exact)))
         order = {n: i for i, n in enumerate(n for mine, _ in pieces for n in mine)}
         index = np.array([order[n] for n in names], dtype=np.int64)
         if self._dask:
@@ -299,8 +302,8 @@ class XarrayView(View):
         return out
 
 
-def _concat_take(parts: list[Moments], index: np.ndarray) -> Moments:
-    return Moments.concat(parts).take(index)
+def _concat_take(parts: list[Any], index: np.ndarray) -> Any:
+    return type(parts[0]).concat(parts).take(index)
 
 
 def _label_grid(var: Any, arr: Any, other: Sequence[str]) -> np.ndarray:

@@ -225,3 +225,19 @@ def test_inference_without_dask(tmp_path):
     assert result.stdout.strip() == ""
     got = pd.read_parquet(tmp_path / "got.parquet")
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def test_exact_fit_identical_across_kinds_and_chunkings(client, tmp_path):
+    dd = pytest.importorskip("dask.dataframe")
+    df = mixed_frame(4000)[NUMERIC].astype(np.float64)
+    rules = [sp.ZScore()]
+    models = [sp.fit(df, rules, exact=True)] + [
+        sp.fit(dd.from_pandas(df, npartitions=k), rules, exact=True) for k in (1, 3, 17)
+    ]
+    for m in models[1:]:
+        assert m.moments.identical(models[0].moments)
+    models[0].save(tmp_path / "e.json")
+    loaded = sp.load(tmp_path / "e.json")
+    assert loaded.exact.identical(models[0].exact)
+    updated = sp.fit(df.iloc[:1500], rules, exact=True).partial_fit(df.iloc[1500:])
+    assert updated.moments.identical(models[0].moments)

@@ -169,3 +169,27 @@ def test_merge_associative(seed, sizes):
     assert np.array_equal(left.count, right.count)
     np.testing.assert_allclose(left.mean, right.mean, rtol=1e-12)
     np.testing.assert_allclose(left.m2, right.m2, rtol=1e-12, atol=1e-300)
+
+
+def _fraction_mean_m2(column: np.ndarray) -> tuple[float, float]:
+    values = [Fraction(float(v)) for v in column if not math.isnan(v)]
+    n = len(values)
+    s1 = sum(values, Fraction(0))
+    s2 = sum((v * v for v in values), Fraction(0))
+    return float(s1 / n), float(s2 - s1 * s1 / n)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 17, 100])
+def test_exact_mode_bit_identical_under_any_chunking(splits):
+    rng = np.random.default_rng(11)
+    x = np.column_stack([1e12 + 1e-3 * rng.random(2000), 1e9 + rng.standard_normal(2000), rng.lognormal(size=2000)])
+    x[rng.random(x.shape) < 0.05] = np.nan
+    bounds = np.linspace(0, len(x), splits + 1).astype(int)
+    parts = [chunk_moments(x[a:b], exact=True) for a, b in zip(bounds, bounds[1:])]
+    rng.shuffle(parts)
+    got = merge_all(parts).finish()
+    reference = chunk_moments(x, exact=True).finish()
+    assert got.identical(reference)
+    for j in range(x.shape[1]):
+        mean, m2 = _fraction_mean_m2(x[:, j])
+        assert got.mean[j] == mean and got.m2[j] == m2  # correctly rounded: equal, not close
