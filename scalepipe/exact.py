@@ -38,15 +38,14 @@ environment variable ``SCALEPIPE_NO_NUMBA=1`` to use the numpy path.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from ._accel import numba_kernels
 from .errors import ArtifactError, DataError
 
 __all__ = [
@@ -334,20 +333,9 @@ def _bucket_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray) -> tuple[int, in
     return e_lo, e_hi
 
 
-@cache
-def _import_numba_kernel() -> ModuleType | None:
-    try:
-        from . import _exact_numba
-    except Exception:  # numba missing or broken: the numpy path is the fallback
-        return None
-    return _exact_numba
-
-
 def _numba_kernel() -> ModuleType | None:
     """The numba kernel module, unless numba is unusable or ``SCALEPIPE_NO_NUMBA`` is set."""
-    if os.environ.get("SCALEPIPE_NO_NUMBA", "").strip() not in ("", "0"):
-        return None
-    return _import_numba_kernel()
+    return numba_kernels("_exact_numba")
 
 
 def _chunk_limbs(x: np.ndarray) -> ExactSums:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
+from ._accel import numba_kernels
 from .errors import DataError, ParameterError
 from .stats import Moments
 
@@ -352,15 +353,22 @@ def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None) -> np.
     >>> apply_affine(np.array([[1.0], [2.0], [np.nan]]), p).ravel().tolist()
     [0.0, 2.0, nan]
     """
+    x = np.asarray(x)
+    clip = bool(np.isfinite(p.lo).any() or np.isfinite(p.hi).any())
+    kernels = numba_kernels("_kernels_numba")
+    if kernels is not None and x.ndim == 2 and p.center.ndim == 1 and x.dtype.kind in "fi":
+        target = np.empty(x.shape, dtype=_out_dtype(x)) if out is None else out
+        kernels.affine(x, p.center, p.scale, p.offset, p.lo, p.hi, clip, bool(x.flags.c_contiguous), target)
+        return target
     y = np.subtract(x, p.center, dtype=np.float64)
     y *= p.scale
     y += p.offset
-    if np.isfinite(p.lo).any() or np.isfinite(p.hi).any():
+    if clip:
         np.clip(y, p.lo, p.hi, out=y)
     if out is not None:
         out[...] = y
         return out
-    return y.astype(_out_dtype(np.asarray(x)), copy=False)
+    return y.astype(_out_dtype(x), copy=False)
 
 
 def invert_affine(y: np.ndarray, p: Affine) -> np.ndarray:

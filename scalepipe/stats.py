@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from ._accel import numba_kernels
 from .errors import DataError
 from .exact import ExactSums, chunk_exact_sums, exact_mean_m2, merge_exact
 
@@ -253,6 +254,18 @@ def _as_float64_columns(block: object) -> np.ndarray:
     return np.require(x, dtype=np.float64, requirements=["F", "A"])
 
 
+def _as_real_2d(block: object) -> np.ndarray:
+    """The block as a 2-D array of a real dtype the fused kernel reads in place."""
+    x = np.asarray(block)
+    if x.ndim != 2:
+        raise DataError(f"expected a 2-D block (rows x features), got shape {x.shape}")
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"expected numeric data, got dtype {x.dtype}")
+    if x.dtype not in (np.float64, np.float32, np.int64, np.int32):
+        return x.astype(np.float64)
+    return x
+
+
 def _block_moments(x: np.ndarray) -> Moments:
     """Moments of one float64, column-contiguous block with at least one row."""
     n = x.shape[0]
@@ -313,19 +326,31 @@ def chunk_moments(block: object, names: Sequence[object] | None = None, exact: b
     >>> chunk_moments(np.arange(6.0).reshape(3, 2)).mean.tolist()
     [2.0, 3.0]
     """
-    x = _as_float64_columns(block)
+    kernels = numba_kernels("_kernels_numba")
+    x = _as_real_2d(block) if kernels is not None else _as_float64_columns(block)
     n, f = x.shape
     if n == 0:
         return ExactMoments(Moments.empty(f), ExactSums.empty(f)) if exact else Moments.empty(f)
-    rows = max(1024, BLOCK_VALUES // max(f, 1))
     try:
-        if n <= rows:
-            moments = _block_moments(x)
-        else:
-            moments = merge_all([_block_moments(x[i : i + rows]) for i in range(0, n, rows)])
+        moments = _fused_moments(kernels, x) if kernels is not None else _numpy_moments(x)
     except NonFiniteError as err:
         raise (err.named(names) if names is not None else err) from None
     return ExactMoments(moments, chunk_exact_sums(x)) if exact else moments
+
+
+def _numpy_moments(x: np.ndarray) -> Moments:
+    rows = max(1024, BLOCK_VALUES // max(x.shape[1], 1))
+    if len(x) <= rows:
+        return _block_moments(x)
+    return merge_all([_block_moments(x[i : i + rows]) for i in range(0, len(x), rows)])
+
+
+def _fused_moments(kernels: Any, x: np.ndarray) -> Moments:
+    count, nan_count, lo, hi, mean, mean_lo, m2, bad = kernels.moments(x, bool(x.flags.c_contiguous))
+    if bad.any():
+        raise NonFiniteError(np.flatnonzero(bad))
+    absmax = np.fmax(np.abs(lo), np.abs(hi))
+    return Moments(count, nan_count, lo, hi, absmax, mean, mean_lo, m2)
 
 
 def array_moments(
