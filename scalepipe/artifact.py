@@ -12,11 +12,12 @@ This module imports the standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "encode_floats",
     "read_artifact",
     "render_artifact",
+    "write_bytes_atomic",
     "write_text_atomic",
 ]
 
@@ -120,30 +122,64 @@ def read_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
     return doc
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` so that it appears only when complete.
-
-    The text goes to a temporary file beside ``path``, is flushed and fsynced,
-    then ``os.replace``-d into place; a failure leaves the previous file (or
-    none) and no temporary file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a folder, so a rename or a new file in it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the artifact from other users
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new, never a part.
+
+    A temporary file in the same folder is written, flushed and fsynced, then
+    moved into place with ``os.replace`` (or a hard link when
+    ``overwrite=False``, which fails if ``path`` appeared meanwhile) and the
+    folder is fsynced. A failure leaves the old file (or nothing) and no
+    temporary file.
+
+    Raises
+    ------
+    OutputError
+        ``path`` exists and ``overwrite`` is false, ``path`` is a folder, or
+        the write failed.
+    """
+    from .errors import OutputError
+
+    target = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    parent = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise OutputError(f"output file {os.fspath(path)!r} is a folder; choose a file path")
+    if not overwrite and os.path.lexists(target):
+        raise OutputError(f"output file {os.fspath(path)!r} already exists; set overwrite: true to replace it")
+    tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        mode = os.stat(target).st_mode & 0o777 if os.path.exists(target) else 0o644
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)
+            os.unlink(tmp)
+        fsync_dir(parent)
+    except FileExistsError as exc:
+        raise OutputError(
+            f"output file {os.fspath(path)!r} appeared while it was being written; set overwrite: true to replace it"
+        ) from exc
+    except OSError as exc:
+        raise OutputError(f"writing {os.fspath(path)!r} failed: {exc}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, overwrite: bool = True) -> None:
+    """:func:`write_bytes_atomic` for UTF-8 text."""
+    write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)

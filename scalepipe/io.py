@@ -65,6 +65,7 @@ import pyarrow.parquet as pq
 from dask.utils import parse_bytes
 from fsspec.utils import read_block
 
+from scalepipe.artifact import fsync_dir, write_bytes_atomic, write_text_atomic
 from scalepipe.errors import ColumnError, InputError, OutputError, ScalepipeError
 
 if TYPE_CHECKING:
@@ -655,14 +656,6 @@ def read_array(
 # --------------------------------------------------------------------------
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: str) -> None:
     for folder, _, names in os.walk(root):
         for name in names:
@@ -671,7 +664,7 @@ def _fsync_tree(root: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def _sha256_and_fsync(path: str) -> tuple[str, int]:
@@ -697,65 +690,6 @@ def _remove_tree(path: str) -> None:
 # --------------------------------------------------------------------------
 # Atomic single files
 # --------------------------------------------------------------------------
-
-
-def write_bytes_atomic(path: str, data: bytes, *, overwrite: bool = True) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new, never a part.
-
-    A temporary file in the same folder is written, flushed and fsynced, then
-    moved into place with ``os.replace`` (or a hard link when
-    ``overwrite=False``, which fails if ``path`` appeared meanwhile) and the
-    folder is fsynced.
-
-    Raises
-    ------
-    OutputError
-        ``path`` exists and ``overwrite`` is false, ``path`` is a folder, or
-        the write failed (the old file, or nothing, is left).
-    """
-    target = os.path.abspath(_local(path))
-    parent = os.path.dirname(target)
-    if os.path.isdir(target):
-        raise OutputError(f"output file {path!r} is a folder; choose a file path")
-    if not overwrite and os.path.lexists(target):
-        raise OutputError(
-            f"output file {path!r} already exists; set overwrite: true to replace it"
-        )
-    tmp = os.path.join(parent, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
-    try:
-        os.makedirs(parent, exist_ok=True)
-        mode = os.stat(target).st_mode & 0o777 if os.path.exists(target) else 0o644
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            os.link(tmp, target)
-            os.unlink(tmp)
-        _fsync_dir(parent)
-    except FileExistsError as exc:
-        raise OutputError(
-            f"output file {path!r} appeared while it was being written; "
-            "set overwrite: true to replace it"
-        ) from exc
-    except OSError as exc:
-        raise OutputError(f"writing {path!r} failed: {exc}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def write_text_atomic(path: str, text: str, *, overwrite: bool = True) -> None:
-    """:func:`write_bytes_atomic` for UTF-8 text.
-
-    Examples
-    --------
-    >>> write_text_atomic("artifacts/stats.json", '{"format": "..."}')  # doctest: +SKIP
-    """
-    write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------
@@ -982,7 +916,7 @@ def _commit(staging: str, dest: str, path: str, overwrite: bool) -> None:
                     f"committed; the previous output is kept at {aside!r}"
                 ) from exc
             raise
-        _fsync_dir(parent)
+        fsync_dir(parent)
         _remove_tree(aside)
         return
     if os.path.lexists(dest):
@@ -996,7 +930,7 @@ def _commit(staging: str, dest: str, path: str, overwrite: bool) -> None:
         raise OutputError(
             f"output {path!r} appeared while it was being written (another writer?): {exc}"
         ) from exc
-    _fsync_dir(parent)
+    fsync_dir(parent)
 
 
 def _staged_write(path: str, overwrite: bool, fill: Callable[[str], T]) -> T:
@@ -1018,7 +952,7 @@ def _staged_write(path: str, overwrite: bool, fill: Callable[[str], T]) -> T:
     try:
         os.mkdir(staging)
         result = fill(staging)
-        _fsync_dir(staging)
+        fsync_dir(staging)
         _commit(staging, dest, path, overwrite)
         return result
     except ScalepipeError:
@@ -1079,7 +1013,7 @@ def _write_partition(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return {"name": name, "rows": len(df), "sha256": digest, "bytes": size}
 
 
