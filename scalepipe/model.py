@@ -10,10 +10,13 @@ imports numpy and pandas only.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +38,9 @@ __all__ = ["Model", "Scope", "fit", "load"]
 _GLOB_CHARS = set("*?[")
 
 _AFFINE_FIELDS = ("center", "scale", "offset", "lo", "hi")
+
+#: Per-key and per-batch tables with more values than this go to an ``.npz`` beside the JSON.
+INLINE_TABLE_VALUES = 20_000
 
 
 @dataclass(frozen=True)
@@ -458,12 +464,39 @@ class Model:
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the artifact (JSON; never a pickle), atomically."""
-        artifact.write_text_atomic(path, artifact.render_artifact(self.to_document()))
+        """Write the artifact (JSON; never a pickle), atomically.
+
+        Per-key and per-batch tables larger than :data:`INLINE_TABLE_VALUES`
+        values go to an ``.npz`` beside the JSON (plain arrays, loaded with
+        ``allow_pickle=False``), named by its content hash, which the JSON
+        records and :func:`load` verifies.
+        """
+        doc = self.to_document()
+        arrays: dict[str, np.ndarray] = {}
+        if self.groups is not None and self.groups.moments.count.size > INLINE_TABLE_VALUES:
+            arrays.update(_table_arrays("groups", self.groups.moments))
+            arrays["groups.keys"] = _key_array(self.groups.keys)
+            doc["groups"] = {"in": "tables"}
+        if self.batches is not None and self.batches.moments.count.size > INLINE_TABLE_VALUES:
+            arrays.update(_table_arrays("batches", self.batches.moments))
+            arrays["batches.labels"] = np.array(self.batches.labels, dtype=str)
+            doc["batches"]["statistics"] = doc["batches"]["labels"] = "in tables"
+        if arrays:
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            data = buffer.getvalue()
+            digest = hashlib.sha256(data).hexdigest()
+            name = f"scalepipe-tables.{digest[:16]}.npz"
+            artifact.write_bytes_atomic(Path(os.fspath(path)).expanduser().parent / name, data)
+            doc["tables"] = {"file": name, "sha256": f"sha256:{digest}"}
+        artifact.write_text_atomic(path, artifact.render_artifact(doc))
 
     @classmethod
-    def from_document(cls, doc: dict[str, Any], source: str = "<document>") -> Model:
-        """Rebuild a model from an artifact document (see :func:`load`)."""
+    def from_document(
+        cls, doc: dict[str, Any], source: str = "<document>", tables: dict[str, np.ndarray] | None = None
+    ) -> Model:
+        """Rebuild a model from an artifact document (see :func:`load`) and its side tables."""
+        tables = tables or {}
         try:
             scalers = [scaler_from_dict(d) for d in doc["scalers"]]
             features = [Feature(f["name"], f["dtype"], int(f["rule"])) for f in doc["features"]]
@@ -472,8 +505,8 @@ class Model:
             if moments.shape != (len(features),) or params.center.shape != (len(features),):
                 raise ValueError("statistics do not match the features")
             scope = Scope(**doc.get("scope", {}))
-            batches = _batches_from_document(doc["batches"]) if doc.get("batches") else None
-            groups = _groups_from_document(doc["groups"]) if doc.get("groups") else None
+            batches = _batches_from_document(doc["batches"], tables) if doc.get("batches") else None
+            groups = _groups_from_document(doc["groups"], tables) if doc.get("groups") else None
             exact = from_lists(doc["exact_sums"]) if doc.get("exact_sums") else None
         except (KeyError, TypeError, ValueError, ParameterError) as err:
             raise ArtifactError(f"{source}: malformed statistics file: {err}") from None
@@ -515,11 +548,13 @@ def _batches_document(b: BatchStats) -> dict[str, Any]:
     }
 
 
-def _batches_from_document(d: dict[str, Any]) -> BatchStats:
+def _batches_from_document(d: dict[str, Any], tables: dict[str, np.ndarray]) -> BatchStats:
     run = d["running"]
     running = Running(
         np.array(artifact.decode_floats(run["mean"])), np.array(artifact.decode_floats(run["var"])), int(run["num_batches_tracked"])
     )
+    if d["statistics"] == "in tables":
+        return BatchStats(_table_moments("batches", tables), [str(v) for v in tables["batches.labels"]], running)
     return BatchStats(_moments_from_document(d["statistics"]), list(d["labels"]), running)
 
 
@@ -527,12 +562,41 @@ def _groups_document(g: KeyTable) -> dict[str, Any]:
     return {"keys": g.keys.tolist(), "statistics": _moments_document(g.moments)}
 
 
-def _groups_from_document(d: dict[str, Any]) -> KeyTable:
+def _groups_from_document(d: dict[str, Any], tables: dict[str, np.ndarray]) -> KeyTable:
     import pandas as pd
 
     from .groups import KeyTable
 
+    if d.get("in") == "tables":
+        return KeyTable(pd.Index(tables["groups.keys"].tolist()), _table_moments("groups", tables))
     return KeyTable(pd.Index(d["keys"]), _moments_from_document(d["statistics"]))
+
+
+def _table_arrays(prefix: str, m: Moments) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{k}": v for k, v in m.to_dict().items()}
+
+
+def _table_moments(prefix: str, tables: dict[str, np.ndarray]) -> Moments:
+    return Moments.from_dict({k: tables[f"{prefix}.{k}"] for k in Moments.empty(0).to_dict()})
+
+
+def _key_array(keys: Any) -> np.ndarray:
+    """Keys as a plain (non-object) array: integers, or strings."""
+    values = keys.to_numpy()
+    return values.astype(np.int64) if values.dtype.kind in "iu" else np.array([str(v) for v in values], dtype=str)
+
+
+def _read_tables(path: Path, ref: dict[str, str]) -> dict[str, np.ndarray]:
+    """The side tables an artifact references, verified against its recorded hash."""
+    file = path.expanduser().parent / ref["file"]
+    try:
+        data = file.read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"{path}: its tables file {file} cannot be read ({err.strerror or err}); keep it beside the JSON") from None
+    if "sha256:" + hashlib.sha256(data).hexdigest() != ref["sha256"]:
+        raise ArtifactError(f"{path}: its tables file {file} does not match the recorded checksum (edited or corrupt)")
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
 
 
 def _now() -> str:
@@ -672,4 +736,5 @@ def load(path: str | os.PathLike[str]) -> Model:
         scalepipe artifact; the message names the file.
     """
     doc = artifact.read_artifact(path)
-    return Model.from_document(doc, str(path))
+    tables = _read_tables(Path(os.fspath(path)), doc["tables"]) if doc.get("tables") else None
+    return Model.from_document(doc, str(path), tables)

@@ -211,3 +211,35 @@ def test_partial_fit_key_scope():
     assert list(model.groups.keys) == list(whole.groups.keys)
     np.testing.assert_allclose(model.groups.moments.mean, whole.groups.moments.mean, rtol=1e-12)
     np.testing.assert_allclose(model.groups.moments.m2, whole.groups.moments.m2, rtol=1e-12, atol=1e-300)
+
+
+def test_large_tables_go_to_npz_beside_the_json(tmp_path):
+    rng = np.random.default_rng(9)
+    n = 60_000
+    df = pd.DataFrame({"k": np.array([f"key{i}" for i in rng.integers(0, 25_000, n)]), "v": rng.normal(size=n)})
+    model = sp.fit(df, [sp.ZScore(["v"])], scope="key", key="k")
+    model.save(tmp_path / "stats.json")
+    sidecars = list(tmp_path.glob("scalepipe-tables.*.npz"))
+    assert len(sidecars) == 1
+    assert "key0" not in (tmp_path / "stats.json").read_text()
+    loaded = sp.load(tmp_path / "stats.json")
+    assert list(loaded.groups.keys) == list(model.groups.keys)
+    assert loaded.groups.moments.identical(model.groups.moments)
+    pd.testing.assert_frame_equal(loaded.transform(df), model.transform(df))
+    with np.load(sidecars[0], allow_pickle=False) as npz:  # plain arrays only
+        assert all(npz[k].dtype != object for k in npz.files)
+    sidecars[0].write_bytes(sidecars[0].read_bytes()[:-10])
+    with pytest.raises(sp.ArtifactError, match="does not match the recorded checksum"):
+        sp.load(tmp_path / "stats.json")
+    sidecars[0].unlink()
+    with pytest.raises(sp.ArtifactError, match="cannot be read"):
+        sp.load(tmp_path / "stats.json")
+
+
+def test_large_batch_table_round_trip(tmp_path):
+    x = np.random.default_rng(10).normal(size=(30_000, 2))
+    model = sp.fit(x, [sp.BatchNorm()], scope="partition", batch_rows=2)
+    model.save(tmp_path / "b.json")
+    loaded = sp.load(tmp_path / "b.json")
+    assert loaded.batches.labels == model.batches.labels
+    assert loaded.batches.moments.identical(model.batches.moments)
