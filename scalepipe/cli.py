@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import os
 import signal
@@ -29,6 +30,15 @@ def _echo(quiet: bool) -> Callable[[str], None]:
     return (lambda _: None) if quiet else (lambda line: click.echo(line, err=True))
 
 
+def _silence_dask_logs() -> None:
+    """Leave a failure to our one line: no worker logs, no asyncio noise from a client closed mid-gather.
+
+    Set before Dask is imported; worker processes inherit the environment.
+    """
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn exceptions into one-line messages and exit codes."""
 
@@ -36,8 +46,8 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
         from .errors import ScalepipeError
 
-        if not debug:  # worker processes inherit this: a failed task is our one line, not their log
-            os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+        if not debug:
+            _silence_dask_logs()
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:

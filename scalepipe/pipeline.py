@@ -177,8 +177,6 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
         raise ConfigError(
             f"stats.scope: {cfg.stats.scope!r} is not available in this version of scalepipe yet; use 'global'"
         )
-    if cfg.stats.exact:
-        raise ConfigError("stats.exact: the exact accumulator is not available in the pipeline yet; remove the key")
     if cfg.input.columns is not None and cfg.input.format in ARRAY_FORMATS:
         raise ConfigError(
             f"input.columns: only for parquet and csv inputs (format is {cfg.input.format!r}); "
@@ -308,7 +306,7 @@ def _fit(cfg: Config, data: Any, schema: dict[str, str] | None, files: list[str]
         previous.partial_fit(fit_data)
         previous.meta.update(meta)
         return previous
-    return fit(fit_data, cfg.scaler_objects(), reduce_dims=cfg.input.reduce_dims, meta=meta)
+    return fit(fit_data, cfg.scaler_objects(), reduce_dims=cfg.input.reduce_dims, exact=cfg.stats.exact, meta=meta)
 
 
 def _write_output(cfg: Config, data: Any) -> Any:
@@ -326,8 +324,9 @@ def _save(model: Model, path: str | os.PathLike[str], named: str) -> None:
     """``model.save(path)``, with a failure reported as an :class:`OutputError` naming ``named``."""
     try:
         model.save(path)
-    except OSError as exc:
-        raise OutputError(f"stats.path: writing the statistics to {named!r} failed: {exc.strerror or exc}") from exc
+    except OSError as exc:  # the writer's own OutputError names the temporary file: name the destination
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+        raise OutputError(f"stats.path: writing the statistics to {named!r} failed: {cause.strerror or cause}") from exc
 
 
 @contextlib.contextmanager

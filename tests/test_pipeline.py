@@ -128,19 +128,27 @@ def test_input_columns_limit_what_the_rules_see(tmp_path, client, csv_input):
     np.testing.assert_allclose(got["age"], expected_customers(df)["age"], rtol=0, atol=1e-12)
 
 
-def test_fit_update_equals_one_fit_on_all_data(tmp_path, client):
+@pytest.mark.parametrize("exact", [False, True])
+def test_fit_update_equals_one_fit_on_all_data(tmp_path, client, exact):
     first, second = customers(1500, seed=2), customers(900, seed=3)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first.to_csv(tmp_path / "a" / "x.csv", index=False)
     second.to_csv(tmp_path / "b" / "x.csv", index=False)
-    run_job(job("csv_example.yaml", tmp_path, inp="a", out=None), "fit", scheduler=client.scheduler.address)
+    address = client.scheduler.address
+    run_job(job("csv_example.yaml", tmp_path, f"stats.exact={exact}", inp="a", out=None), "fit", scheduler=address)
     assert not (tmp_path / "out").exists()
-    updated = run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler=client.scheduler.address)
+    updated = run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler=address)
 
     both = pd.concat([first, second], ignore_index=True)
     saved = sp.load(tmp_path / "stats.json")
     assert saved.moments.count.tolist() == updated.model.moments.count.tolist()
+    assert (saved.exact is not None) == exact
+    if exact:  # correctly rounded: the same bits as a fit of everything at once
+        parsed = pd.concat([pd.read_csv(tmp_path / d / "x.csv") for d in "ab"], ignore_index=True)
+        once = sp.fit(parsed, updated.model.scalers, exact=True)
+        np.testing.assert_array_equal(saved.moments.mean, once.moments.mean)
+        np.testing.assert_array_equal(saved.moments.m2, once.moments.m2)
     want = expected_customers(both)
     got = saved.transform(both)
     for col in ("age", "income", "px_1", "px_2", "amount"):
@@ -232,7 +240,6 @@ def test_validate_job_does_not_write_demo_data(tmp_path):
     ("override", "error", "fragment"),
     [
         ("stats.scope=partition", ConfigError, "stats.scope"),
-        ("stats.exact=true", ConfigError, "stats.exact"),
         ("stats.path={in}/stats.json", ConfigError, "stats.path"),
         ("stats.path={out}/stats.json", ConfigError, "stats.path"),
         ("output.path={in}/scaled", OutputError, "inside the input"),
