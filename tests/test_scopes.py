@@ -243,3 +243,19 @@ def test_large_batch_table_round_trip(tmp_path):
     loaded = sp.load(tmp_path / "b.json")
     assert loaded.batches.labels == model.batches.labels
     assert loaded.batches.moments.identical(model.batches.moments)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_partition_scope_matches_torch_batchnorm1d(momentum):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    x = rng.normal(3, 2, size=(70, 3))
+    model = sp.fit(x, [sp.BatchNorm(gamma=1.0, beta=0.0, eps=1e-5, momentum=momentum)], scope="partition", batch_rows=16)
+    bn = torch.nn.BatchNorm1d(3, eps=1e-5, momentum=momentum, affine=False).double()
+    bn.train()
+    outs = [bn(torch.as_tensor(x[a : a + 16])).detach().numpy() for a in range(0, 70, 16)]
+    # tolerances: per-batch outputs 1e-10, running statistics 1e-12
+    np.testing.assert_allclose(model.transform(x, stats="batch"), np.vstack(outs), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(model.batches.running.mean, bn.running_mean.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(model.batches.running.var, bn.running_var.numpy(), rtol=1e-12)
+    assert model.batches.running.num_batches == int(bn.num_batches_tracked)
