@@ -298,14 +298,16 @@ def _fingerprint(files: list[str]) -> dict[str, Any]:
 
 
 def _fit(cfg: Config, data: Any, schema: dict[str, str] | None, files: list[str], previous: Model | None, echo: Echo) -> Model:
-    """Fit the rules on ``data`` in one pass (or merge it into ``previous``)."""
-    meta = {"config_hash": config_hash(cfg), "input_fingerprint": _fingerprint(files)}
+    """Fit the rules on ``data`` in one pass, or merge it into ``previous`` (which keeps its own rules).
+
+    An updated model keeps its config hash; ``partial_fit`` clears its input
+    fingerprint, as no single input is behind it any more.
+    """
     fit_data = data if schema is None else data[_fit_columns(cfg, schema)]
     echo(f"fitting {len(files)} input file(s)")
     if previous is not None:
-        previous.partial_fit(fit_data)
-        previous.meta.update(meta)
-        return previous
+        return previous.partial_fit(fit_data)
+    meta = {"config_hash": config_hash(cfg), "input_fingerprint": _fingerprint(files)}
     return fit(fit_data, cfg.scaler_objects(), reduce_dims=cfg.input.reduce_dims, exact=cfg.stats.exact, meta=meta)
 
 
