@@ -1,0 +1,144 @@
+"""Drift check: no false alarm on a fresh sample, flags for each kind of drift, PSI by hand, unseen keys."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import scalepipe as sp
+from scalepipe.drift import DriftThresholds, drift_report
+from scalepipe.errors import ColumnError, ParameterError
+from scalepipe.histograms import transform_with_histograms
+
+N = 40_000
+
+
+def sample(seed: int, n: int = N) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame(
+        {
+            "normal": rng.normal(10.0, 2.0, n),
+            "offset": 1e9 + rng.standard_normal(n),
+            "skewed": rng.lognormal(0.0, 0.5, n),
+            "label": rng.choice(["a", "b"], n),
+        }
+    )
+    df.loc[rng.random(n) < 0.02, "skewed"] = np.nan
+    return df
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    train = sample(0)
+    model = sp.fit(train, [sp.ZScore(["normal", "offset"]), sp.MinMax(["skewed"])])
+    _, reference = transform_with_histograms(model, train)
+    return model, reference
+
+
+def by_name(result):
+    return {f.feature: f for f in result.features}
+
+
+def test_no_drift_on_a_fresh_sample(fitted):
+    model, reference = fitted
+    result = drift_report(model, sample(1), reference=reference)
+    assert not result.flagged, result.table()
+    for f in result.features:
+        assert abs(f.mean_shift) < 0.05 and 0.95 < f.variance_ratio < 1.05
+        assert f.outside_share < 0.001 and f.psi < 0.02
+    assert result.rows == N and result.unseen is None and result.notes == []
+    assert "no drift" in result.table()
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_each_kind_of_drift_is_flagged(fitted):
+    model, reference = fitted
+    new = sample(2)
+    new["normal"] += 0.5 * 2.0  # half a fitted standard deviation
+    new["offset"] = 1e9 + 2.0 * (new["offset"] - 1e9)  # variance x4, same mean
+    new.loc[: int(0.03 * N), "skewed"] = 100.0  # 3% beyond the fitted max
+    result = drift_report(model, new, reference=reference)
+    f = by_name(result)
+    assert result.flagged and result.flagged_features == ["normal", "offset", "skewed"]
+    assert "mean_shift" in f["normal"].reasons and f["normal"].mean_shift == pytest.approx(0.5, abs=0.03)
+    assert "variance_ratio" in f["offset"].reasons and "mean_shift" not in f["offset"].reasons
+    assert f["offset"].variance_ratio == pytest.approx(4.0, rel=0.05)
+    assert "outside_share" in f["skewed"].reasons and f["skewed"].above == int(0.03 * N) + 1
+    lo, hi = model.moments.min[2], model.moments.max[2]
+    outside = ((new["skewed"] < lo) | (new["skewed"] > hi)).sum()
+    assert f["skewed"].outside_share == outside / new["skewed"].notna().sum()
+    # thresholds: loosened, nothing is flagged; a NaN-rate test on demand
+    loose = {"mean_shift": 1.0, "variance_ratio": [0.1, 10], "outside_share": 0.5, "psi": None}
+    assert drift_report(model, new, loose, reference=reference).flagged_features == ["skewed"]  # 3% at 100
+    off = {"mean_shift": None, "variance_ratio": None, "outside_share": None, "psi": None}
+    assert not drift_report(model, new, off, reference=reference).flagged
+    more_nan = sample(3)
+    more_nan.loc[: N // 5, "normal"] = np.nan
+    assert not drift_report(model, more_nan, reference=reference).flagged
+    assert drift_report(model, more_nan, {"nan_rate": 0.1}, reference=reference).flagged_features == ["normal"]
+
+
+def test_psi_against_a_hand_computation():
+    model = sp.fit(pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]}), [sp.MinMax()])
+    _, reference = transform_with_histograms(model, pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]}), bins=3)
+    # edges 0, 1, 2, 3: the fitted data has 1, 1, 2 in the bins; the new data 2, 0, 1 and 1 above
+    new = pd.DataFrame({"x": [0.5, 0.5, 2.5, 4.0]})
+    result = drift_report(model, new, {"psi": 0.2}, reference=reference)
+    p = [1e-4, 0.25, 0.25, 0.5, 1e-4]  # under, 3 bins, over; empty shares floored at 1e-4
+    q = [1e-4, 0.5, 1e-4, 0.25, 0.25]
+    expected = sum((b - a) * math.log(b / a) for a, b in zip(p, q))
+    assert result.features[0].psi == pytest.approx(expected, rel=1e-12)
+    assert "psi" in result.features[0].reasons
+    # without the fitted data's histograms there is no PSI, and it says so
+    plain = drift_report(model, new)
+    assert math.isnan(plain.features[0].psi) and "PSI not computed" in plain.notes[0]
+
+
+def test_dask_input_on_a_cluster_equals_pandas(client, fitted):
+    dd = pytest.importorskip("dask.dataframe")
+    model, reference = fitted
+    new = sample(4, 20_000)
+    new.loc[:99, "normal"] = 1e3
+    local = drift_report(model, new, reference=reference)
+    remote = drift_report(model, dd.from_pandas(new, npartitions=4, sort=False), reference=reference)
+    for a, b in zip(local.features, remote.features):
+        assert (a.count, a.below, a.above, a.reasons) == (b.count, b.below, b.above, b.reasons)
+        for field in ("mean_shift", "variance_ratio", "outside_share", "nan_rate", "psi"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=1e-9, abs=1e-12)
+    assert remote.flagged_features == ["normal"]
+
+
+def test_unseen_keys_are_reported_for_the_key_scope():
+    rng = np.random.default_rng(5)
+    train = pd.DataFrame({"store": rng.choice(["s1", "s2", "s3"], 3000), "sales": rng.gamma(2.0, 10.0, 3000)})
+    model = sp.fit(train, [sp.ZScore(["sales"])], scope="key", key="store")
+    new = pd.DataFrame({"store": ["s1", "s9", "s9", "s7", None, "s2"], "sales": [10.0, 20.0, 30.0, 40.0, 50.0, 15.0]})
+    result = drift_report(model, new, {"mean_shift": None, "variance_ratio": None, "outside_share": None})
+    assert result.unseen.rows == 4 == model.unseen_rows(new)
+    assert result.unseen.keys[0] == "s9" and set(result.unseen.keys) == {"s9", "s7", None}
+    assert result.unseen.share == pytest.approx(4 / 6) and not result.flagged
+    assert "unseen keys: 4 rows" in result.table()
+    assert drift_report(model, new, {"unseen_share": 0.5}).flagged
+    json.dumps(drift_report(model, new).to_dict(), allow_nan=False)
+    with pytest.raises(ColumnError, match="'store'"):
+        drift_report(model, new[["sales"]])
+    with pytest.raises(ColumnError, match="'sales'"):
+        drift_report(model, new[["store"]])
+
+
+def test_thresholds_are_validated():
+    assert DriftThresholds() == DriftThresholds(0.25, (0.5, 2.0), 0.01, 0.2)
+    with pytest.raises(ParameterError, match="not a drift threshold; valid: mean_shift"):
+        DriftThresholds.from_dict({"mean_shfit": 0.1})
+    with pytest.raises(ParameterError, match="variance_ratio"):
+        DriftThresholds(variance_ratio=(2.0, 0.5))
+    with pytest.raises(ParameterError, match="psi"):
+        DriftThresholds(psi=-1)
+    parsed = DriftThresholds.from_overrides(["psi=off", "variance_ratio=0.8,1.25", "mean_shift=0.1"])
+    assert parsed == DriftThresholds(0.1, (0.8, 1.25), 0.01, None)
+    with pytest.raises(ParameterError, match="outside_share: 'x' is not a number"):
+        DriftThresholds.from_overrides(["outside_share=x"])

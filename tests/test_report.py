@@ -1,0 +1,244 @@
+"""Histograms against numpy.histogram (pandas, numpy, a real cluster) and the HTML run report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import scalepipe as sp
+from scalepipe import report
+from scalepipe.errors import ArtifactError
+from scalepipe.histograms import merge_histograms, transform_with_histograms
+
+from .conftest import mixed_frame
+
+RULES = [
+    sp.ZScore(["offset", "lognormal"]),
+    sp.MinMax(["tiny", "f32"], feature_range=(-1, 1), clip=True),
+    sp.Decimal(["count"]),
+    sp.BatchNorm(gamma=2.0, beta=0.5),
+]
+
+
+def frame(n: int = 3000, seed: int = 0) -> pd.DataFrame:
+    return mixed_frame(n, seed)
+
+
+def assert_counts_equal_numpy(hist, model, data: pd.DataFrame) -> None:
+    """Input and output counts, under/overflow and NaNs against numpy.histogram on the same edges."""
+    scaled = model.transform(data)
+    for j, name in enumerate(model.feature_names):
+        x = data[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        y = scaled[name].to_numpy(dtype=np.float64, na_value=np.nan)
+        for values, side in ((x, hist.input), (y, hist.output)):
+            edges = side.edges[j]
+            expected, _ = np.histogram(values[~np.isnan(values)], bins=edges)
+            np.testing.assert_array_equal(side.counts[j], expected, err_msg=str(name))
+            assert side.under[j] == np.count_nonzero(values < edges[0])
+            assert side.over[j] == np.count_nonzero(values > edges[-1])
+        assert hist.nan[j] == np.isnan(x).sum()
+        fitted = model.moments
+        assert hist.outside[j] == np.count_nonzero((x < fitted.min[j]) | (x > fitted.max[j]))
+
+
+def new_data(train: pd.DataFrame, seed: int = 5) -> pd.DataFrame:
+    """Data with values outside the fitted ranges, to exercise under/overflow."""
+    new = frame(len(train), seed)
+    new.loc[:50, "lognormal"] = new["lognormal"].max() * 3
+    new.loc[60:80, "count"] = -10_000
+    return new
+
+
+def test_histograms_equal_numpy_in_memory():
+    train = frame()
+    model = sp.fit(train, RULES)
+    scaled, hist = transform_with_histograms(model, train, bins=40)
+    pd.testing.assert_frame_equal(scaled, model.transform(train))
+    assert hist.bins == 40 and hist.names == model.feature_names
+    assert_counts_equal_numpy(hist, model, train)
+    # the fitted data lies inside its own bins; the constant column in its middle bin
+    assert not hist.input.under.any() and not hist.input.over.any() and not hist.outside.any()
+    assert not hist.output.under.any() and not hist.output.over.any()
+    const = model.feature_names.index("const")
+    assert hist.input.counts[const].max() == len(train) and hist.input.edges[const, 0] < 7.25 < hist.input.edges[const, -1]
+    # new data: outside values counted, and partial histograms add up to the whole
+    new = new_data(train)
+    _, whole = transform_with_histograms(model, new, bins=40)
+    assert_counts_equal_numpy(whole, model, new)
+    assert whole.input.over[model.feature_names.index("lognormal")] >= 51
+    parts = [transform_with_histograms(model, new.iloc[a:b], bins=40)[1] for a, b in ((0, 700), (700, 701), (701, 3000))]
+    merged = merge_histograms(parts)
+    for field in ("counts", "under", "over"):
+        np.testing.assert_array_equal(getattr(merged.input, field), getattr(whole.input, field))
+        np.testing.assert_array_equal(getattr(merged.output, field), getattr(whole.output, field))
+    np.testing.assert_array_equal(merged.outside, whole.outside)
+
+
+def test_histograms_numpy_array_by_position():
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.normal(size=500), rng.lognormal(size=500), rng.integers(0, 9, 500)])
+    model = sp.fit(x, [sp.MinMax([1]), sp.ZScore([0])])
+    _, hist = transform_with_histograms(model, x, bins=7)
+    y = model.transform(x)
+    for j, col in enumerate(model.feature_names):
+        np.testing.assert_array_equal(hist.input.counts[j], np.histogram(x[:, col], bins=hist.input.edges[j])[0])
+        np.testing.assert_array_equal(hist.output.counts[j], np.histogram(y[:, col], bins=hist.output.edges[j])[0])
+
+
+def test_histograms_of_a_chunked_dask_array():
+    import dask
+    import dask.array as da
+
+    rng = np.random.default_rng(4)
+    x = np.column_stack([rng.normal(size=900), rng.integers(0, 50, 900)]).astype(np.float32)
+    model = sp.fit(x[:600], [sp.MinMax([0]), sp.Decimal([1])])
+    scaled, lazy = transform_with_histograms(model, da.from_array(x, chunks=(250, 1)), bins=9)
+    out, hist = dask.compute(scaled, lazy, scheduler="sync")
+    np.testing.assert_array_equal(out, model.transform(x))
+    for j in range(2):
+        np.testing.assert_array_equal(hist.input.counts[j], np.histogram(x[:, j], bins=hist.input.edges[j])[0])
+        np.testing.assert_array_equal(hist.output.counts[j], np.histogram(out[:, j], bins=hist.output.edges[j])[0])
+        assert hist.input.under[j] + hist.input.over[j] == np.count_nonzero((x[:, j] < hist.input.edges[j][0]) | (x[:, j] > hist.input.edges[j][-1]))
+
+
+def test_histograms_on_a_cluster_in_the_write_pass(client):
+    """A dask DataFrame of several partitions on a real cluster: scaled output and histograms in one compute."""
+    import dask
+    import dask.dataframe as dd
+
+    train = frame(4000, 1)
+    model = sp.fit(train, RULES)
+    new = new_data(train, seed=7)
+    scaled, lazy = transform_with_histograms(model, dd.from_pandas(new, npartitions=4, sort=False))
+    # what the pipeline's write does: per-partition tasks and the histograms in one compute
+    parts, hist = dask.compute(list(scaled.to_delayed()), lazy)
+    written, expected = pd.concat(parts), model.transform(new)
+    pd.testing.assert_frame_equal(written[model.feature_names], expected[model.feature_names])
+    assert written["id"].tolist() == expected["id"].tolist()
+    assert_counts_equal_numpy(hist, model, new)
+
+
+def test_scaled_output_and_histograms_read_each_partition_once():
+    import dask
+    import dask.dataframe as dd
+
+    reads: list[int] = []
+
+    def read(i: int) -> pd.DataFrame:
+        reads.append(i)
+        return frame(300, seed=i)
+
+    ddf = dd.from_map(read, range(4), meta=frame(2).iloc[:0])
+    model = sp.fit(frame(300), RULES)
+    reads.clear()
+    scaled, lazy = transform_with_histograms(model, ddf)
+    tasks = [dask.delayed(len)(part) for part in scaled.to_delayed()]  # as io.write_table builds its writes
+    lengths, hist = dask.compute(tasks, lazy, scheduler="sync")
+    assert sorted(reads) == [0, 1, 2, 3]
+    assert sum(lengths) == 1200 == int(hist.input.total[0] + hist.nan[0])
+
+
+def quickstart(rows: int = 4000) -> tuple[pd.DataFrame, list[sp.Scaler]]:
+    """The quickstart's data (smaller) and its rules, read from configs/quickstart.yaml."""
+    from pathlib import Path
+
+    from scalepipe.config import load_config
+    from scalepipe.demo import demo_frame
+
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+    return demo_frame(rows, seed=cfg.input.demo.seed), cfg.scaler_objects()
+
+
+def test_quickstart_report_is_one_html_file_with_embedded_images(tmp_path):
+    pytest.importorskip("matplotlib")
+    train, rules = quickstart()
+    model = sp.fit(train, rules)
+    _, hist = transform_with_histograms(model, train)
+    assert_counts_equal_numpy(hist, model, train)
+    stats = tmp_path / "stats.json"
+    model.save(stats)
+    path = report.write_run_report(model, hist, stats)
+    assert path == tmp_path / "stats.report.html"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json", "stats.json.hist.json", "stats.report.html"]
+    text = path.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    assert set(model.feature_names) == {"temperature", "pressure", "income", "reading", "calibration", "visits"}
+    for name in model.feature_names:
+        assert f">{name} <small>" in text
+    assert text.count('src="data:image/png;base64,') == len(model.feature_names)
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    # the saved histograms come back bit-identical and are used by `scalepipe report STATS`
+    again = report.load_histograms(report.histograms_path(stats), sp.load(stats))
+    np.testing.assert_array_equal(again.input.edges, hist.input.edges)
+    np.testing.assert_array_equal(again.output.counts, hist.output.counts)
+    rebuilt = report.build_report_from_stats(stats)
+    assert rebuilt.count("data:image/png;base64,") == len(model.feature_names)
+
+
+def test_flags_follow_the_data():
+    model = sp.fit(frame(), RULES)
+    flags = dict(zip(model.feature_names, ([f.name for f in fl] for fl in report.feature_flags(model))))
+    assert flags["const"] == ["constant"]
+    assert flags["lognormal"] == ["heavy tail"]  # lognormal(0, 2): values ~20 std above the mean
+    assert "amplifies noise" in flags["tiny"]  # 1e12 + 1e-3 U(0, 1): one ulp becomes ~0.4 std
+    assert "large offset" in flags["offset"]  # 1e9 + N(0, 1)
+    assert flags["count"] == [] and flags["f32"] == ["large offset"]
+
+
+def test_report_from_stats_without_or_with_stale_histograms(tmp_path):
+    train = frame()
+    model = sp.fit(train, RULES)
+    stats = tmp_path / "stats.json"
+    model.save(stats)
+    text = report.build_report_from_stats(stats)
+    assert "statistics only" in text and "data:image" not in text
+    for name in model.feature_names:
+        assert f">{name} <small>" in text
+    # histograms of an earlier fit are not shown as this model's
+    report.save_histograms(transform_with_histograms(model, train)[1], report.histograms_path(stats), model)
+    sp.fit(frame(seed=9), RULES).save(stats)
+    stale = report.build_report_from_stats(stats)
+    assert "earlier fit" in stale and "data:image" not in stale
+    # an edited side file is refused
+    side = report.histograms_path(stats)
+    doc = json.loads(side.read_text())
+    doc["histograms"]["nan"][0] += 1
+    side.write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="checksum"):
+        report.load_histograms(side)
+
+
+def test_report_without_matplotlib_says_plots_need_the_extra(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["matplotlib"] = None
+        import numpy as np, scalepipe as sp
+        from scalepipe import report
+        from scalepipe.histograms import transform_with_histograms
+        x = np.random.default_rng(0).normal(size=(200, 2))
+        model = sp.fit(x, [sp.ZScore()])
+        report.write_report(model, transform_with_histograms(model, x)[1], {str(tmp_path / 'r.html')!r})
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    text = (tmp_path / "r.html").read_text()
+    assert "pip install &#x27;scalepipe[plot]&#x27;" in text
+    assert "<img" not in text and "<table>" in text
+
+
+def test_profile_needs_bokeh_or_does_nothing(tmp_path):
+    import importlib.util
+
+    with report.performance_report(None):
+        pass
+    if importlib.util.find_spec("bokeh") is None:
+        with pytest.raises(sp.ParameterError, match="bokeh"):
+            with report.performance_report(tmp_path / "dask-report.html"):
+                pass
