@@ -387,6 +387,15 @@ class Model:
         self.meta["input_fingerprint"] = None
         return self
 
+    def to_sklearn(self, columns: Sequence[Any] | None = None, *, pandas_output: bool = False) -> Any:
+        """A fitted scikit-learn ``ColumnTransformer`` equal to :meth:`transform`.
+
+        See :func:`scalepipe.interop.to_sklearn`; scikit-learn is imported only here.
+        """
+        from .interop import to_sklearn
+
+        return to_sklearn(self, columns, pandas_output=pandas_output)
+
     def to_torch_state_dict(self) -> dict[str, np.ndarray]:
         """Batch-norm state for ``torch.nn.BatchNorm1d(n)`` over the batchnorm features.
 
@@ -395,7 +404,8 @@ class Model:
         ``{k: torch.as_tensor(v) for k, v in sd.items()}`` and
         ``load_state_dict``. scalepipe does not import torch. Without the
         partition scope, the running statistics are the global mean and the
-        unbiased global variance, and ``num_batches_tracked`` is 0.
+        (biased) global variance that :meth:`transform` uses, so the module
+        in eval mode gives the same outputs; ``num_batches_tracked`` is 0.
 
         Raises
         ------
@@ -409,7 +419,7 @@ class Model:
         if self.batches is not None:
             mean, var, tracked = self.batches.running.mean[idx], self.batches.running.var[idx], self.batches.running.num_batches
         else:
-            mean, var, tracked = self.moments.mean[idx], self.moments.var(1)[idx], 0
+            mean, var, tracked = self.moments.mean[idx], self.moments.var(0)[idx], 0
         return {
             "weight": np.array([b.gamma for b in norms]),
             "bias": np.array([b.beta for b in norms]),

@@ -259,3 +259,13 @@ def test_partition_scope_matches_torch_batchnorm1d(momentum):
     np.testing.assert_allclose(model.batches.running.mean, bn.running_mean.numpy(), rtol=1e-12)
     np.testing.assert_allclose(model.batches.running.var, bn.running_var.numpy(), rtol=1e-12)
     assert model.batches.running.num_batches == int(bn.num_batches_tracked)
+
+
+def test_torch_export_of_a_global_model_matches_transform():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(13).normal(1, 4, size=(200, 2))
+    model = sp.fit(x, [sp.BatchNorm(gamma=0.5, beta=2.0)])
+    bn = torch.nn.BatchNorm1d(2).double()
+    bn.load_state_dict({k: torch.as_tensor(v) for k, v in model.to_torch_state_dict().items()})
+    bn.eval()
+    np.testing.assert_allclose(bn(torch.as_tensor(x)).detach().numpy(), model.transform(x), rtol=1e-12, atol=1e-12)
