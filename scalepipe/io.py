@@ -723,6 +723,9 @@ class Manifest:
         ``"parquet"``, ``"csv"`` or ``"zarr"``.
     variables
         Zarr stores: variable name -> shape.
+    alongside
+        The values of the lazy objects computed together with the write
+        (``write_table(..., alongside=...)``); not part of the manifest file.
     """
 
     files: tuple[OutputFile, ...]
@@ -730,6 +733,7 @@ class Manifest:
     path: str
     format: str = "parquet"
     variables: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    alongside: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
 
 def _manifest_document(data_format: str, **content: Any) -> dict[str, Any]:
@@ -1023,6 +1027,7 @@ def write_table(
     format: Literal["parquet", "csv"],
     *,
     overwrite: bool = False,
+    alongside: Sequence[Any] = (),
 ) -> Manifest:
     """Write a table atomically: all of it at ``path``, or nothing changes there.
 
@@ -1047,6 +1052,10 @@ def write_table(
         Replace an existing output. Only a folder with scalepipe's own
         ``_SUCCESS`` manifest is ever replaced; the old one is moved aside,
         the new one moved in, and the old one deleted (restored on failure).
+    alongside
+        Lazy values (e.g. histograms of the same partitions) computed in the
+        same ``dask.compute`` as the write, so shared inputs are read once;
+        their values are in ``Manifest.alongside``.
 
     Returns
     -------
@@ -1087,7 +1096,7 @@ def write_table(
             writer(part, staging, number, format, keep_index, schema)
             for number, part in enumerate(frame.to_delayed())
         ]
-        written = dask.compute(*tasks)
+        written, extra = dask.compute(tasks, list(alongside))
         total = sum(item["rows"] for item in written)
         _write_manifest(staging, _manifest_document(format, files=list(written), rows=total))
         return Manifest(
@@ -1095,6 +1104,7 @@ def write_table(
             rows=total,
             path=_destination(path),
             format=format,
+            alongside=tuple(extra),
         )
 
     return _staged_write(path, overwrite, fill)
