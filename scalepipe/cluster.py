@@ -3,28 +3,78 @@
 :func:`open_cluster` is a context manager that yields a connected
 ``distributed.Client`` and always closes what it opened (on success, on error
 and on Ctrl-C), so no worker process outlives the command.
+
+Connecting
+    ``cluster.address`` (or ``--scheduler``, or Dask's ``scheduler-address``
+    setting, e.g. ``DASK_SCHEDULER_ADDRESS``) names a running scheduler,
+    ``tcp://`` or ``tls://``; ``cluster.security`` gives the TLS files
+    (``distributed.security.Security``). Without ``cluster.security`` the
+    client takes Dask's own configuration, so ``DASK_DISTRIBUTED__COMM__TLS__*``
+    environment variables and Dask config files work as they do for any Dask
+    client. A scheduler that cannot be reached within
+    ``scalepipe.cluster.connect-timeout`` is a :class:`ClusterError` naming it.
+
+Checks before any work
+    Every worker connected at that moment runs :func:`_worker_facts`: its
+    scalepipe, dask and distributed versions must equal the client's, and it
+    must be able to read the job's input path (the same path string the tasks
+    will open, relative paths resolved in the worker's own directory).
+
+Failures inside the ``with`` block
+    A task that killed ``distributed.scheduler.allowed-failures + 1`` workers
+    (``KilledWorker``) becomes a :class:`ClusterError` naming its partition and
+    input file (:func:`explain_killed_worker`); a scheduler lost mid-job
+    becomes a :class:`ClusterError` naming the scheduler, raised as soon as
+    distributed notices the closed connection (the client does not wait to
+    reconnect). Both are found also when another layer wrapped them (the
+    output writer turns a failed write into an ``OutputError`` caused by them).
+    Ctrl-C is not translated: the client is closed, which makes the scheduler
+    release (cancel) every task of this job, the embedded cluster is shut
+    down, and the ``KeyboardInterrupt`` goes on to the caller.
+
+Runtime knobs (``dask.config``, read at call time):
+
+``scalepipe.cluster.connect-timeout`` (default ``"10s"``)
+    How long to wait for a scheduler to accept the connection; a scheduler
+    still starting is retried until then.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import glob
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+import dask.config
 
 from .config import ClusterConfig
 from .errors import ClusterError
 
-__all__ = ["open_cluster"]
+__all__ = ["explain_killed_worker", "open_cluster"]
 
-CONNECT_TIMEOUT = "15s"
+DEFAULT_CONNECT_TIMEOUT = "10s"
+
+#: The packages whose versions must match between the client and the workers:
+#: the tasks are scalepipe functions, pickled by reference, run by dask/distributed.
+CHECKED_PACKAGES = ("scalepipe", "dask", "distributed")
+
+_GLOB_CHARS = "*?["
 
 
 def _security(cfg: ClusterConfig) -> Any:
+    """``distributed.security.Security`` from ``cluster.security``; ``None`` leaves it to Dask's config."""
     if cfg.security is None:
         return None
     from distributed.security import Security
 
     sec = cfg.security
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(sec, key)
+        if path is not None and not os.path.isfile(path):
+            raise ClusterError(f"cluster.security.{key}: {path!r} is not a readable file")
     return Security(
         tls_ca_file=sec.ca_file,
         tls_client_cert=sec.cert_file,
@@ -36,14 +86,39 @@ def _security(cfg: ClusterConfig) -> Any:
 def _start_local(cfg: ClusterConfig) -> Any:
     from distributed import LocalCluster
 
+    # Without a dashboard the scheduler still serves /health and /metrics, on
+    # port 8787 unless told otherwise: a random loopback port avoids clashing
+    # (and warning) when two jobs run at once.
+    http = {"dashboard_address": "127.0.0.1:0"} if cfg.dashboard_address is None else {}
+    # Worker processes talk TCP on loopback; in-process workers use distributed's
+    # in-memory transport, which takes no host.
+    where = {"host": "127.0.0.1"} if cfg.processes else {}
     return LocalCluster(
         n_workers=cfg.n_workers,
         threads_per_worker=cfg.threads_per_worker,
         processes=cfg.processes,
         memory_limit=cfg.memory_limit,
-        host="127.0.0.1",
         dashboard_address=cfg.dashboard_address,
+        scheduler_kwargs=http,
+        **where,
     )
+
+
+def _slurm_options(cfg: ClusterConfig) -> dict[str, Any]:
+    """``dask_jobqueue.SLURMCluster`` keyword arguments: ``cluster.jobqueue`` plus the dashboard.
+
+    The scheduler runs in this process; its dashboard binds to
+    ``cluster.dashboard_address`` (loopback by default) unless
+    ``jobqueue.scheduler_options`` (or Dask's ``jobqueue.slurm.scheduler-options``)
+    names one, where dask-jobqueue alone would listen on every interface.
+    """
+    options = dict(cfg.jobqueue)
+    from_config = dask.config.get("jobqueue.slurm.scheduler-options", None) or {}
+    scheduler = {**from_config, **(options.pop("scheduler_options", None) or {})}
+    if cfg.dashboard_address is None:
+        scheduler.setdefault("dashboard", False)
+    scheduler.setdefault("dashboard_address", cfg.dashboard_address or "127.0.0.1:0")
+    return {**options, "scheduler_options": scheduler}
 
 
 def _start_slurm(cfg: ClusterConfig) -> Any:
@@ -51,9 +126,199 @@ def _start_slurm(cfg: ClusterConfig) -> Any:
         from dask_jobqueue import SLURMCluster
     except ImportError:
         raise ClusterError("cluster.kind: slurm needs dask-jobqueue: pip install 'scalepipe[slurm]'") from None
-    cluster = SLURMCluster(**cfg.jobqueue)
+    try:
+        cluster = SLURMCluster(**_slurm_options(cfg))
+    except TypeError as err:
+        raise ClusterError(f"cluster.jobqueue: {_one_line(err)} (see dask_jobqueue.SLURMCluster's parameters)") from err
     cluster.scale(jobs=cfg.n_workers)
     return cluster
+
+
+def _connect(address: str, cfg: ClusterConfig) -> Any:
+    """A client of the scheduler at ``address``, or a :class:`ClusterError` naming it."""
+    from distributed import Client
+
+    security = _security(cfg)
+    timeout = dask.config.get("scalepipe.cluster.connect-timeout", DEFAULT_CONNECT_TIMEOUT)
+    try:
+        return Client(address, security=security, timeout=timeout, set_as_default=True)
+    except (OSError, TimeoutError, ValueError, TypeError) as err:
+        if address.startswith("tls://") and security is None and "ssl_context" in str(err):
+            raise ClusterError(
+                f"cannot connect to the scheduler {address}: it uses TLS and no certificates are configured; "
+                "set cluster.security (ca_file, cert_file, key_file) or Dask's distributed.comm.tls settings"
+            ) from err
+        hint = "; check that cluster.security's certificate and key are signed by a CA the scheduler trusts" if address.startswith("tls://") else ""
+        raise ClusterError(f"cannot connect to the scheduler {address} (timeout {timeout}): {_one_line(err)}{hint}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _input_problem(path: str) -> str | None:
+    """Why this process cannot read the input ``path``, or ``None`` if it can.
+
+    A URL other than ``file://`` is not checked: its reader reports its own errors.
+    """
+    local = path[len("file://") :] if path.startswith("file://") else path
+    if "://" in local:
+        return None
+    local = os.path.expanduser(local)
+    if any(c in local for c in _GLOB_CHARS):
+        return None if glob.glob(local, recursive=True) else "no file matches it"
+    if not os.path.exists(local):
+        return "it does not exist"
+    if not os.access(local, os.R_OK | (os.X_OK if os.path.isdir(local) else 0)):
+        return "it is not readable"
+    return None
+
+
+def _worker_facts(input_path: str | None) -> dict[str, Any]:
+    """Run on a worker before the job: its package versions, directory, and input problem."""
+    import dask
+    import distributed
+
+    import scalepipe
+
+    return {
+        "versions": {"scalepipe": scalepipe.__version__, "dask": dask.__version__, "distributed": distributed.__version__},
+        "cwd": os.getcwd(),
+        "input": None if input_path is None else _input_problem(input_path),
+    }
+
+
+def _check_workers(client: Any, input_path: str | None) -> None:
+    """Refuse to start on workers whose versions differ from ours or that cannot read the input."""
+    import distributed
+
+    import scalepipe
+
+    ours = {"scalepipe": scalepipe.__version__, "dask": dask.__version__, "distributed": distributed.__version__}
+    facts = client.run(_worker_facts, input_path, on_error="return")
+    for address in sorted(facts):
+        got = facts[address]
+        if isinstance(got, BaseException):
+            raise ClusterError(
+                f"worker {address} cannot run scalepipe's check ({type(got).__name__}: {_one_line(got)}); "
+                f"install scalepipe {ours['scalepipe']} on every worker"
+            )
+        for package in CHECKED_PACKAGES:
+            theirs = got["versions"][package]
+            if theirs != ours[package]:
+                raise ClusterError(
+                    f"worker {address} runs {package} {theirs}, this client {package} {ours[package]}; "
+                    f"install the same scalepipe, dask and distributed versions on the client and every worker"
+                )
+        if got["input"] is not None:
+            where = "" if os.path.isabs(os.path.expanduser(input_path or "")) else f" (relative to its directory {got['cwd']!r})"
+            raise ClusterError(
+                f"worker {address} cannot read the input {input_path!r}: {got['input']}{where}; "
+                "the workers must see the input at the same path as this client (a shared filesystem or volume)"
+            )
+
+
+def _partition_of(key: Any) -> int | tuple[int, ...] | None:
+    """The partition (or array block) a Dask task key stands for: ``('name', 3)`` -> 3."""
+    if isinstance(key, tuple) and len(key) >= 2 and all(isinstance(k, int) for k in key[1:]):
+        return key[1] if len(key) == 2 else tuple(key[1:])
+    return None
+
+
+def explain_killed_worker(
+    err: BaseException, partition_files: Sequence[str] | None = None, input_path: str | None = None
+) -> ClusterError:
+    """A :class:`ClusterError` naming the partition (and its file) behind a ``KilledWorker``.
+
+    Parameters
+    ----------
+    err : distributed.KilledWorker
+        Raised when a task's workers died ``allowed-failures + 1`` times.
+    partition_files
+        ``partition_files[i]`` is the input file of partition ``i``
+        (:attr:`scalepipe.io.TableSource.files`).
+    input_path
+        The job's input, named when the file of the partition is not known.
+
+    Examples
+    --------
+    >>> err = KilledWorker(("read-parquet-1f2e", 3), worker_state, 2)  # doctest: +SKIP
+    >>> str(explain_killed_worker(err, files))  # doctest: +SKIP
+    "partition 3 (file 'data/part.00003.parquet') killed 3 workers that processed it (...); the job was stopped: ..."
+    """
+    key = getattr(err, "task", None)
+    allowed = getattr(err, "allowed_failures", None)
+    last = getattr(getattr(err, "last_worker", None), "address", None)
+    part = _partition_of(key)
+    if isinstance(part, int) and partition_files is not None and 0 <= part < len(partition_files):
+        what = f"partition {part} (file {partition_files[part]!r})"
+    elif part is not None:
+        what = f"{'partition' if isinstance(part, int) else 'block'} {part}" + (f" of input {input_path!r}" if input_path else "")
+    else:
+        what = f"task {key!r}"
+    tries = f"{allowed + 1} workers" if isinstance(allowed, int) else "its workers"
+    details = [f"distributed.scheduler.allowed-failures={allowed}"]
+    if not what.startswith("task "):
+        details.append(f"task {key!r}")
+    if last:
+        details.append(f"last on {last}")
+    return ClusterError(
+        f"{what} killed {tries} that processed it ({'; '.join(details)}); the job was stopped: "
+        "the workers' logs say why (out of memory? a crash in a library reading it?)"
+    )
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling, outermost first."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _translated(
+    err: Exception, client: Any, address: str, partition_files: Sequence[str] | None, input_path: str | None
+) -> ClusterError | None:
+    """The cluster failure behind ``err`` as a :class:`ClusterError`, or ``None`` if it is not one."""
+    from distributed import KilledWorker
+
+    for cause in _causes(err):
+        if isinstance(cause, KilledWorker):
+            return explain_killed_worker(cause, partition_files, input_path)
+    if client.status != "running":
+        return ClusterError(
+            f"lost the connection to the scheduler {address} mid-job (it stopped, crashed or became unreachable); "
+            "the job was stopped and nothing more was written: rerun it when the scheduler is back"
+        )
+    return None
+
+
+def _dashboard_link(client: Any, cluster: Any) -> str:
+    """The dashboard's address; for an embedded cluster, where its server is bound.
+
+    An in-process cluster's scheduler has an ``inproc://`` address whose host
+    is not where the dashboard listens.
+    """
+    server = getattr(getattr(cluster, "scheduler", None), "http_server", None)
+    if server is None or not getattr(server, "port", None) or server.address in ("", "0.0.0.0", "::"):
+        return client.dashboard_link
+    return f"http://{server.address}:{server.port}/status"
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Silence ``loggers`` (the reconnection tracebacks of a client closed after losing its scheduler)."""
+    previous = [(logging.getLogger(name), logging.getLogger(name).disabled) for name in loggers]
+    for logger, _ in previous:
+        logger.disabled = True
+    try:
+        yield
+    finally:
+        for logger, disabled in previous:
+            logger.disabled = disabled
 
 
 @contextlib.contextmanager
@@ -63,8 +328,9 @@ def open_cluster(
     scheduler: str | None = None,
     echo: Callable[[str], None] = lambda _: None,
     input_path: str | None = None,
+    partition_files: Sequence[str] | None = None,
 ) -> Iterator[Any]:
-    """Connect to (or start) the configured cluster; yield a ``distributed.Client``.
+    """Connect to (or start) the configured cluster, check it, and yield a ``distributed.Client``.
 
     Parameters
     ----------
@@ -72,38 +338,67 @@ def open_cluster(
         The config's ``cluster`` section.
     scheduler
         A scheduler address that overrides ``cfg.address`` (``--scheduler``).
+        Without either, a ``local`` cluster is the scheduler named by Dask's
+        ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``, which the
+        Dask Kubernetes operator sets in a DaskJob's pod) if there is one, else
+        an embedded ``LocalCluster``.
     echo
         Receives one line with the dashboard link.
     input_path
-        The job's input, which the workers must be able to read.
+        The job's input, which every worker must be able to read.
+    partition_files
+        The input file of each partition (``TableSource.files``), so that a
+        partition that keeps killing workers is reported by its file.
 
     Raises
     ------
     ClusterError
-        The scheduler cannot be reached in time, or the cluster cannot start.
+        Before the block: the scheduler cannot be reached in time, the cluster
+        cannot start, a worker's versions differ from the client's, or a
+        worker cannot read ``input_path``. From the block: a task killed
+        ``allowed-failures + 1`` workers, or the scheduler was lost.
+
+    Examples
+    --------
+    >>> with open_cluster(cfg.cluster, scheduler="tcp://127.0.0.1:8786", input_path="data/") as client:  # doctest: +SKIP
+    ...     model = scalepipe.fit(frame, scalers)
     """
     from distributed import Client
 
-    address = scheduler or cfg.address
+    address = scheduler or cfg.address or (dask.config.get("scheduler-address", None) if cfg.kind == "local" else None)
     cluster = None
-    try:
-        if address:
-            client = Client(address, security=_security(cfg), timeout=CONNECT_TIMEOUT, set_as_default=True)
-        else:
+    lost = False
+    if address:
+        client = _connect(address, cfg)
+    else:
+        try:
             cluster = _start_slurm(cfg) if cfg.kind == "slurm" else _start_local(cfg)
             client = Client(cluster, set_as_default=True)
-    except (OSError, TimeoutError, ValueError) as err:
-        if cluster is not None:
-            cluster.close()
-        where = f"scheduler {address}" if address else f"a {cfg.kind} cluster"
-        raise ClusterError(f"cannot reach {where}: {err}") from None
+        except (OSError, TimeoutError, ValueError, RuntimeError) as err:
+            if cluster is not None:
+                cluster.close()
+            raise ClusterError(f"cannot start a {cfg.kind} cluster: {_one_line(err)}") from err
+    where = address or client.scheduler.address
     try:
+        try:
+            _check_workers(client, input_path)
+        except (OSError, TimeoutError) as err:
+            lost = client.status != "running"
+            raise ClusterError(f"the scheduler {where} failed while checking the workers: {_one_line(err)}") from err
         if cfg.dashboard_address is not None or address:
-            echo(f"dashboard: {client.dashboard_link}")
-        yield client
+            echo(f"dashboard: {_dashboard_link(client, cluster)}")
+        try:
+            yield client
+        except Exception as err:
+            problem = _translated(err, client, where, partition_files, input_path)
+            if problem is None:
+                raise
+            lost = client.status != "running"
+            raise problem from err
     finally:
-        with contextlib.suppress(Exception):
-            client.close()
+        with _quiet("distributed.client") if lost else contextlib.nullcontext():
+            with contextlib.suppress(Exception):
+                client.close()
         if cluster is not None:
             with contextlib.suppress(Exception):
                 cluster.close()
