@@ -58,6 +58,28 @@ class JobResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class _Input:
+    """The opened input: a lazy collection, and what is known of it without reading data.
+
+    Attributes
+    ----------
+    data
+        A dask DataFrame (tables) or a dask-backed xarray Dataset (arrays).
+    files
+        The distinct files read, in order.
+    partition_files
+        Tables: the file of each partition, to name it in errors; ``None`` for arrays.
+    schema
+        Tables: column name -> dtype; ``None`` for arrays.
+    """
+
+    data: Any
+    files: list[str]
+    partition_files: list[str] | None
+    schema: dict[str, str] | None
+
+
 def _quiet(_: str) -> None:
     """The default ``echo``: say nothing."""
 
@@ -104,22 +126,25 @@ def run_job(cfg: Config, mode: Mode, *, scheduler: str | None = None, update: bo
     if mode != "fit":
         _refuse_existing_output(cfg)
     _ensure_demo_input(cfg, echo)
-    data, files, schema = _open_input(cfg)
+    source = _open_input(cfg)
     previous = load(cfg.stats.path) if mode == "transform" or update else None
-    _check_columns(cfg, data, schema, previous)
+    _check_columns(cfg, source, previous)
     manifest = None
-    with open_cluster(cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path):
+    cluster = open_cluster(
+        cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path, partition_files=source.partition_files
+    )
+    with cluster:
         if mode == "transform" and previous is not None:
             model = previous
         else:
-            model = _fit(cfg, data, schema, files, previous, echo)
+            model = _fit(cfg, source, previous, echo)
         if mode == "fit":
             _save(model, cfg.stats.path, cfg.stats.path)
         else:
             published = model if mode == "run" else None
             with _artifact_published_after(published, cfg.stats.path):
                 echo(f"writing {cfg.output.path}")  # type: ignore[union-attr]
-                manifest = _write_output(cfg, model.transform(data))
+                manifest = _write_output(cfg, model.transform(source.data))
     return JobResult(
         model=model,
         stats_path=None if mode == "transform" else cfg.stats.path,
@@ -156,11 +181,11 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
         warnings.append(problem)
     if cfg.input.demo is not None and not os.path.exists(cfg.input.path):
         return [f"input: {cfg.input.path} does not exist yet; demo data will be written there"], warnings
-    data, files, schema = _open_input(cfg)
-    view = _schema_view(cfg, data, schema, None)
+    source = _open_input(cfg)
+    view = _schema_view(cfg, source, None)
     scalers = cfg.scaler_objects()
     features, passthrough = resolve_columns(view, scalers)
-    lines = [f"input: {len(files)} file(s), {len(view.names)} column(s)"]
+    lines = [f"input: {len(source.files)} file(s), {len(view.names)} column(s)"]
     for i, scaler in enumerate(scalers):
         mine = [str(f.name) for f in features if f.rule == i]
         lines.append(f"scalers[{i}] {scaler.method}: {', '.join(mine)}")
@@ -233,15 +258,15 @@ def _ensure_demo_input(cfg: Config, echo: Echo) -> None:
     write_demo_table(cfg.input.path, rows=demo.rows, files=demo.files, seed=demo.seed)
 
 
-def _open_input(cfg: Config) -> tuple[Any, list[str], dict[str, str] | None]:
-    """The input as a lazy collection, its files, and (tables) its schema."""
+def _open_input(cfg: Config) -> _Input:
+    """The input, opened lazily: file listings, footers and headers are read, no data."""
     from . import io
 
     if cfg.input.format in TABLE_FORMATS:
-        source = io.read_table(cfg.input.path, cfg.input.format)  # type: ignore[arg-type]
-        return source.frame, source.paths, source.schema
+        table = io.read_table(cfg.input.path, cfg.input.format)  # type: ignore[arg-type]
+        return _Input(table.frame, table.paths, table.files, table.schema)
     ds = io.read_array(cfg.input.path, cfg.input.format, cfg.input.variables)  # type: ignore[arg-type]
-    return ds, _array_files(cfg.input.path), None
+    return _Input(ds, _array_files(cfg.input.path), None, None)
 
 
 def _array_files(path: str) -> list[str]:
@@ -269,18 +294,18 @@ def _fit_columns(cfg: Config, schema: dict[str, str]) -> list[str]:
     return chosen
 
 
-def _schema_view(cfg: Config, data: Any, schema: dict[str, str] | None, previous: Model | None) -> View:
+def _schema_view(cfg: Config, source: _Input, previous: Model | None) -> View:
     """A view of the input's features that reads no data (a table's empty meta frame)."""
-    if schema is None:
+    if source.schema is None:
         dims = previous.meta.get("reduce_dims") if previous is not None else cfg.input.reduce_dims
-        return view_of(data, reduce_dims=dims)
-    columns = _fit_columns(cfg, schema) if previous is None else list(schema)
-    return view_of(data._meta[columns])
+        return view_of(source.data, reduce_dims=dims)
+    columns = _fit_columns(cfg, source.schema) if previous is None else list(source.schema)
+    return view_of(source.data._meta[columns])
 
 
-def _check_columns(cfg: Config, data: Any, schema: dict[str, str] | None, previous: Model | None) -> None:
+def _check_columns(cfg: Config, source: _Input, previous: Model | None) -> None:
     """Match the input's columns against the rules, or against the artifact's features."""
-    view = _schema_view(cfg, data, schema, previous)
+    view = _schema_view(cfg, source, previous)
     if previous is None:
         resolve_columns(view, cfg.scaler_objects())
     else:
@@ -297,17 +322,17 @@ def _fingerprint(files: list[str]) -> dict[str, Any]:
     return {"files": len(files), "bytes": sum(e[1] for e in entries), "sha256": digest}
 
 
-def _fit(cfg: Config, data: Any, schema: dict[str, str] | None, files: list[str], previous: Model | None, echo: Echo) -> Model:
+def _fit(cfg: Config, source: _Input, previous: Model | None, echo: Echo) -> Model:
     """Fit the rules on ``data`` in one pass, or merge it into ``previous`` (which keeps its own rules).
 
     An updated model keeps its config hash; ``partial_fit`` clears its input
     fingerprint, as no single input is behind it any more.
     """
-    fit_data = data if schema is None else data[_fit_columns(cfg, schema)]
-    echo(f"fitting {len(files)} input file(s)")
+    fit_data = source.data if source.schema is None else source.data[_fit_columns(cfg, source.schema)]
+    echo(f"fitting {len(source.files)} input file(s)")
     if previous is not None:
         return previous.partial_fit(fit_data)
-    meta = {"config_hash": config_hash(cfg), "input_fingerprint": _fingerprint(files)}
+    meta = {"config_hash": config_hash(cfg), "input_fingerprint": _fingerprint(source.files)}
     return fit(fit_data, cfg.scaler_objects(), reduce_dims=cfg.input.reduce_dims, exact=cfg.stats.exact, meta=meta)
 
 

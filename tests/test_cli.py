@@ -1,9 +1,11 @@
 """The ``scalepipe`` command in real subprocesses (``python -m scalepipe``), on the embedded cluster.
 
-Each job here starts its own ``LocalCluster`` with worker processes, as a user's
-does. Expected values are computed with numpy (and exact rationals for the
-means) from the files the test wrote, never with scalepipe's own kernels;
-where a test compares with the Python API it says so.
+Each job starts its own embedded ``LocalCluster``, as a user's does: with worker
+processes for the quickstart and where a test is about them, with worker threads
+elsewhere (no worker imports: the suite stays quick). Expected values are
+computed with numpy (and exact rationals for the means) from the files the
+test wrote, never with scalepipe's own kernels; where a test compares with the
+Python API it says so.
 """
 
 from __future__ import annotations
@@ -370,9 +372,8 @@ def many_partitions(project):
     return home, env
 
 
-def test_sigkill_mid_write_keeps_the_previous_output(many_partitions, project):
+def test_sigkill_mid_write_keeps_the_previous_output(many_partitions):
     home, env = many_partitions
-    _, first, _ = project
     dest, stats = home / "killed" / "out", home / "killed" / "stats.json"
     previous = table(100, seed=9)
     old_manifest = io.write_table(previous, str(dest), "parquet")
