@@ -23,6 +23,7 @@ import click
 from . import __version__
 
 EXIT_ERROR = 1
+EXIT_DRIFT = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -93,7 +94,15 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _run(mode: str, config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool, update: bool = False) -> None:
+def _run(
+    mode: str,
+    config: str,
+    scheduler: str | None,
+    overrides: tuple[str, ...],
+    quiet: bool,
+    update: bool = False,
+    profile: str | None = None,
+) -> None:
     import dask
 
     from .config import load_config
@@ -102,7 +111,7 @@ def _run(mode: str, config: str, scheduler: str | None, overrides: tuple[str, ..
     cfg = load_config(config, overrides)
     signal.signal(signal.SIGTERM, _interrupt)
     with dask.config.set({"scalepipe.progress": not quiet and sys.stdout.isatty()}):
-        result = run_job(cfg, mode, scheduler=scheduler, update=update, echo=_echo(quiet))  # type: ignore[arg-type]
+        result = run_job(cfg, mode, scheduler=scheduler, update=update, profile=profile, echo=_echo(quiet))  # type: ignore[arg-type]
     if quiet:
         return
     if cfg.report and mode != "transform":
@@ -118,21 +127,28 @@ def _run(mode: str, config: str, scheduler: str | None, overrides: tuple[str, ..
     click.echo(f"done in {result.seconds:.1f}s: " + ", ".join(parts))
 
 
+_PROFILE = click.option(
+    "--profile", type=click.Path(dir_okay=False), metavar="HTML", help="Save Dask's performance report of the job here."
+)
+
+
 @main.command()
 @_job_options
+@_PROFILE
 @_handle_errors
-def run(config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+def run(config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool, profile: str | None) -> None:
     """Fit, persist the statistics, transform and write the output."""
-    _run("run", config, scheduler, overrides, quiet)
+    _run("run", config, scheduler, overrides, quiet, profile=profile)
 
 
 @main.command()
 @_job_options
 @click.option("--update", is_flag=True, help="Merge the new data into the existing statistics (partial_fit).")
+@_PROFILE
 @_handle_errors
-def fit(config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool, update: bool) -> None:
+def fit(config: str, scheduler: str | None, overrides: tuple[str, ...], quiet: bool, update: bool, profile: str | None) -> None:
     """Fit and persist the statistics only."""
-    _run("fit", config, scheduler, overrides, quiet, update)
+    _run("fit", config, scheduler, overrides, quiet, update, profile)
 
 
 @main.command()
@@ -195,3 +211,69 @@ def _table(model: Any) -> list[str]:
     table = [[_fmt(r[c]) for c in columns] for r in model.summary()]
     widths = [max([len(c), *(len(t[i]) for t in table)]) for i, c in enumerate(columns)]
     return ["  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() for t in [columns, *table]]
+
+
+@main.command()
+@click.argument("stats", type=click.Path(dir_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write the HTML (default: beside STATS).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_handle_errors
+def report(stats: str, output: str | None) -> None:
+    """Rebuild the HTML report of a statistics file."""
+    from .artifact import write_text_atomic
+    from .report import build_report_from_stats, report_path
+
+    target = output or str(report_path(stats))
+    write_text_atomic(target, build_report_from_stats(stats))
+    click.echo(f"report -> {target}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.option("--stats", "stats_path", type=click.Path(dir_okay=False), help="Statistics file (default: the config's stats.path).")
+@click.option("--input", "input_path", help="New data (default: the config's input.path).")
+@click.option("--format", "input_format", type=click.Choice(["parquet", "csv"]), help="Format of --input (default: parquet).")
+@click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Override a drift threshold, or NAME=off (repeatable).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
+@click.option("--scheduler", metavar="ADDRESS", help="Connect to this Dask scheduler (tcp://host:8786).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@_handle_errors
+def drift(
+    config: str | None,
+    stats_path: str | None,
+    input_path: str | None,
+    input_format: str | None,
+    thresholds: tuple[str, ...],
+    json_path: str | None,
+    scheduler: str | None,
+    overrides: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Compare new data with fitted statistics; exit 3 when drift crosses a threshold."""
+    from .config import ClusterConfig, load_config
+    from .drift import DriftThresholds
+    from .errors import ConfigError
+    from .pipeline import drift_job
+
+    cfg = load_config(config, overrides) if config else None
+    stats_path = stats_path or (cfg.stats.path if cfg else None)
+    input_path = input_path or (cfg.input.path if cfg else None)
+    if stats_path is None or input_path is None:
+        raise ConfigError("drift: give a CONFIG, or both --stats and --input")
+    fmt = input_format or (cfg.input.format if cfg else "parquet")
+    result = drift_job(
+        stats_path,
+        input_path,
+        fmt,
+        cfg.cluster if cfg else ClusterConfig(),
+        thresholds=DriftThresholds.from_overrides(thresholds),
+        scheduler=scheduler,
+        echo=_echo(quiet),
+    )
+    click.echo(result.table())
+    if json_path:
+        result.write_json(json_path)
+    if result.flagged:
+        sys.exit(EXIT_DRIFT)

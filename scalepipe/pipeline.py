@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ARRAY_FORMATS, TABLE_FORMATS, Config, config_hash
-from .errors import ConfigError, OutputError
+from .errors import ColumnError, ConfigError, OutputError
 from .model import Model, fit, load, resolve_columns
 from .views import View, view_of
 
-__all__ = ["JobResult", "run_job", "validate_job"]
+__all__ = ["JobResult", "drift_job", "run_job", "validate_job"]
 
 Mode = Literal["run", "fit", "transform"]
 Echo = Callable[[str], None]
@@ -84,7 +84,15 @@ def _quiet(_: str) -> None:
     """The default ``echo``: say nothing."""
 
 
-def run_job(cfg: Config, mode: Mode, *, scheduler: str | None = None, update: bool = False, echo: Echo = _quiet) -> JobResult:
+def run_job(
+    cfg: Config,
+    mode: Mode,
+    *,
+    scheduler: str | None = None,
+    update: bool = False,
+    profile: str | None = None,
+    echo: Echo = _quiet,
+) -> JobResult:
     """Run a job on the configured cluster.
 
     Parameters
@@ -99,6 +107,8 @@ def run_job(cfg: Config, mode: Mode, *, scheduler: str | None = None, update: bo
     update
         ``fit`` only: merge the new data into the existing artifact
         (``partial_fit``) instead of replacing it.
+    profile
+        Write Dask's ``performance_report`` HTML of the job here.
     echo
         Receives progress lines.
 
@@ -133,7 +143,10 @@ def run_job(cfg: Config, mode: Mode, *, scheduler: str | None = None, update: bo
     cluster = open_cluster(
         cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path, partition_files=source.partition_files
     )
-    with cluster:
+    from .report import performance_report
+
+    histograms = None
+    with cluster, performance_report(profile):
         if mode == "transform" and previous is not None:
             model = previous
         else:
@@ -144,7 +157,11 @@ def run_job(cfg: Config, mode: Mode, *, scheduler: str | None = None, update: bo
             published = model if mode == "run" else None
             with _artifact_published_after(published, cfg.stats.path):
                 echo(f"writing {cfg.output.path}")  # type: ignore[union-attr]
-                manifest = _write_output(cfg, model.transform(source.data))
+                manifest, histograms = _transform_and_write(cfg, model, source, mode, echo)
+    if mode != "transform" and cfg.report:
+        from .report import write_run_report
+
+        echo(f"report -> {write_run_report(model, histograms, cfg.stats.path)}")
     return JobResult(
         model=model,
         stats_path=None if mode == "transform" else cfg.stats.path,
@@ -184,7 +201,7 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
     source = _open_input(cfg)
     view = _schema_view(cfg, source, None)
     scalers = cfg.scaler_objects()
-    features, passthrough = resolve_columns(view, scalers)
+    features, passthrough = resolve_columns(view, scalers, exclude=_key_columns(cfg))
     lines = [f"input: {len(source.files)} file(s), {len(view.names)} column(s)"]
     for i, scaler in enumerate(scalers):
         mine = [str(f.name) for f in features if f.rule == i]
@@ -198,10 +215,6 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
     """Checks that need neither data nor files: supported options and path placement."""
     from . import io
 
-    if cfg.stats.scope != "global":
-        raise ConfigError(
-            f"stats.scope: {cfg.stats.scope!r} is not available in this version of scalepipe yet; use 'global'"
-        )
     if cfg.input.columns is not None and cfg.input.format in ARRAY_FORMATS:
         raise ConfigError(
             f"input.columns: only for parquet and csv inputs (format is {cfg.input.format!r}); "
@@ -283,6 +296,8 @@ def _fit_columns(cfg: Config, schema: dict[str, str]) -> list[str]:
 
     from .errors import ColumnError
 
+    if cfg.stats.key is not None and cfg.stats.key not in schema:
+        raise ColumnError(f"stats.key: key column {cfg.stats.key!r} is not in the input (it has {', '.join(schema)})")
     if cfg.input.columns is None:
         return list(schema)
     chosen: list[str] = []
@@ -291,6 +306,8 @@ def _fit_columns(cfg: Config, schema: dict[str, str]) -> list[str]:
         if not hits:
             raise ColumnError(f"input.columns: {pattern!r} matches no column of the input (it has {', '.join(schema)})")
         chosen += [c for c in hits if c not in chosen]
+    if cfg.stats.key is not None and cfg.stats.key not in chosen:
+        chosen.append(cfg.stats.key)
     return chosen
 
 
@@ -307,9 +324,16 @@ def _check_columns(cfg: Config, source: _Input, previous: Model | None) -> None:
     """Match the input's columns against the rules, or against the artifact's features."""
     view = _schema_view(cfg, source, previous)
     if previous is None:
-        resolve_columns(view, cfg.scaler_objects())
+        resolve_columns(view, cfg.scaler_objects(), exclude=_key_columns(cfg))
     else:
         view.positions(previous.feature_names)
+        if previous.scope.key is not None and previous.scope.key not in view.names:
+            raise ColumnError(f"stats.key: key column {previous.scope.key!r} of the artifact is not in the input")
+
+
+def _key_columns(cfg: Config) -> list[str]:
+    """The key column, which the key scope groups by and never scales."""
+    return [cfg.stats.key] if cfg.stats.scope == "key" and cfg.stats.key is not None else []
 
 
 def _fingerprint(files: list[str]) -> dict[str, Any]:
@@ -333,16 +357,65 @@ def _fit(cfg: Config, source: _Input, previous: Model | None, echo: Echo) -> Mod
     if previous is not None:
         return previous.partial_fit(fit_data)
     meta = {"config_hash": config_hash(cfg), "input_fingerprint": _fingerprint(source.files)}
-    return fit(fit_data, cfg.scaler_objects(), reduce_dims=cfg.input.reduce_dims, exact=cfg.stats.exact, meta=meta)
+    st = cfg.stats
+    return fit(
+        fit_data,
+        cfg.scaler_objects(),
+        reduce_dims=cfg.input.reduce_dims,
+        scope=st.scope,
+        batch_rows=st.batch_rows,
+        min_batch_rows=st.min_batch_rows,
+        inference_stats=st.inference_stats,
+        key=st.key,
+        partition_labels=source.partition_files,
+        exact=st.exact,
+        meta=meta,
+    )
 
 
-def _write_output(cfg: Config, data: Any) -> Any:
+def _transform_and_write(cfg: Config, model: Model, source: _Input, mode: Mode, echo: Echo) -> tuple[Any, Any]:
+    """Scale the input and commit it, with whatever is counted in the same pass.
+
+    A ``run`` in the partition scope scales each batch with its own
+    statistics (training mode); ``transform`` applies the artifact's
+    inference statistics. A global-scope ``run`` counts the report's
+    histograms, and a key-scope job the rows whose key is new, alongside the
+    write, so the input is read once.
+
+    Returns
+    -------
+    manifest, histograms
+        The output's manifest (``None`` for Zarr) and the histograms (or ``None``).
+    """
+    extras: dict[str, Any] = {}
+    if mode == "run" and model.scope.kind == "partition":
+        scaled = model.transform(source.data, stats="batch")
+    elif mode == "run" and cfg.report and source.schema is not None and model.scope.kind == "global":
+        from .histograms import transform_with_histograms
+
+        scaled, extras["histograms"] = transform_with_histograms(model, source.data)
+    else:
+        scaled = model.transform(source.data)
+    if model.scope.kind == "key":
+        unseen = model.unseen_rows(source.data)
+        # a graph like the write's, so one compute runs both without materialising expressions
+        extras["unseen"] = unseen.to_delayed() if hasattr(unseen, "to_delayed") else unseen
+    manifest = _write_output(cfg, scaled, tuple(extras.values()))
+    values = dict(zip(extras, manifest.alongside)) if manifest is not None else {}
+    if values.get("unseen"):
+        echo(f"{int(values['unseen'])} row(s) had a {model.scope.key!r} value unseen at fit; scaled with the global statistics")
+    return manifest, values.get("histograms")
+
+
+def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...] = ()) -> Any:
     """Commit ``data`` at ``output.path``; the manifest of a table, ``None`` for Zarr."""
     from . import io
 
     assert cfg.output is not None
     if cfg.output.format in TABLE_FORMATS:
-        return io.write_table(data, cfg.output.path, cfg.output.format, overwrite=cfg.output.overwrite)  # type: ignore[arg-type]
+        return io.write_table(
+            data, cfg.output.path, cfg.output.format, overwrite=cfg.output.overwrite, alongside=alongside  # type: ignore[arg-type]
+        )
     io.write_array(data, cfg.output.path, overwrite=cfg.output.overwrite)
     return None
 
@@ -374,3 +447,34 @@ def _artifact_published_after(model: Model | None, path: str) -> Iterator[None]:
         os.replace(pending, target)
     finally:
         pending.unlink(missing_ok=True)
+
+
+def drift_job(
+    stats_path: str,
+    input_path: str,
+    input_format: str,
+    cluster: Any,
+    *,
+    thresholds: Any = None,
+    scheduler: str | None = None,
+    echo: Echo = _quiet,
+) -> Any:
+    """Compare new data with a statistics artifact, in one pass on the cluster.
+
+    Returns
+    -------
+    scalepipe.drift.DriftResult
+        Per-feature drift measures; ``flagged`` when a threshold is crossed.
+    """
+    from . import io
+    from .cluster import open_cluster
+    from .drift import drift_report
+    from .report import histograms_path, load_histograms
+
+    model = load(stats_path)
+    source = io.read_table(input_path, input_format)  # type: ignore[arg-type]
+    view_of(source.frame._meta).positions(model.feature_names)
+    reference = load_histograms(histograms_path(stats_path), model)
+    with open_cluster(cluster, scheduler=scheduler, echo=echo, input_path=input_path):
+        echo(f"checking {len(source.paths)} input file(s) for drift")
+        return drift_report(model, source.frame, thresholds, reference=reference)
