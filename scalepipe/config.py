@@ -216,6 +216,8 @@ class InputConfig(BaseModel):
             for name in ("reduce_dims", "variables"):
                 if getattr(self, name) is not None:
                     raise _unused(name, getattr(self, name), "format: zarr or netcdf", f"format is {self.format!r}")
+        elif self.columns is not None:
+            raise _unused("columns", self.columns, "format: parquet or csv (select arrays with variables)", f"format is {self.format!r}")
         if self.demo is not None and self.format != "parquet":
             raise _unused("demo", self.demo.model_dump(), "format: parquet", f"format is {self.format!r}")
         return self

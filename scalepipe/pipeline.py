@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ARRAY_FORMATS, TABLE_FORMATS, Config, config_hash
+from .config import TABLE_FORMATS, Config, config_hash
 from .errors import ColumnError, ConfigError, OutputError
 from .model import Model, fit, load, resolve_columns
 from .views import View, view_of
@@ -215,11 +215,6 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
     """Checks that need neither data nor files: supported options and path placement."""
     from . import io
 
-    if cfg.input.columns is not None and cfg.input.format in ARRAY_FORMATS:
-        raise ConfigError(
-            f"input.columns: only for parquet and csv inputs (format is {cfg.input.format!r}); "
-            "select arrays with input.variables"
-        )
     if writes_output and cfg.output is None:
         raise ConfigError("output: required to write scaled data (add output.format and output.path)")
     placed = [("input.path", cfg.input.path)]

@@ -643,16 +643,19 @@ def test_hash_is_stable_across_key_order_comments_and_defaults() -> None:
     assert config_hash(parse_config("# a comment\n" + MINIMAL)) == digest
 
 
-def test_hash_changes_with_any_value() -> None:
+def test_hash_changes_with_what_shapes_the_statistics() -> None:
     digest = config_hash(parse_config(MINIMAL))
     assert config_hash(parse_config(MINIMAL.replace("[-1, 1]", "[-1, 2]"))) != digest
     assert config_hash(parse_config(MINIMAL.replace("data/train/", "data/test/"))) != digest
-    assert config_hash(parse_config(MINIMAL, overrides=["report=false"])) != digest
+    assert config_hash(parse_config(MINIMAL, overrides=["stats.exact=true"])) != digest
+    # the cluster, the output and the report do not change the statistics
+    assert config_hash(parse_config(MINIMAL, overrides=["report=false"])) == digest
+    assert config_hash(parse_config(MINIMAL, overrides=["cluster.n_workers=7"])) == digest
 
 
 def test_hash_of_an_override_equals_hash_of_the_edit() -> None:
-    edited = MINIMAL + "cluster:\n  n_workers: 4\n"
-    assert config_hash(parse_config(MINIMAL, overrides=["cluster.n_workers=4"])) == config_hash(parse_config(edited))
+    edited = MINIMAL + "stats:\n  exact: true\n"
+    assert config_hash(parse_config(MINIMAL, overrides=["stats.exact=true"])) == config_hash(parse_config(edited))
 
 
 # --- properties --------------------------------------------------------------------
@@ -710,3 +713,8 @@ def test_config_is_immutable() -> None:
     with pytest.raises(ValueError, match="frozen"):
         cfg.report = False  # type: ignore[misc]
     assert isinstance(cfg, Config)
+
+
+def test_columns_with_an_array_input_is_an_error() -> None:
+    text = MINIMAL.replace("format: parquet", "format: zarr").replace("path: data/train/", "path: data/store.zarr\n  columns: [a]")
+    assert "input.columns" in config_error(text) and "format is 'zarr'" in config_error(text)
