@@ -1002,7 +1002,7 @@ def _write_partition(
     """
     name = f"part.{number:05d}.{data_format}"
     final = os.path.join(folder, name)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+    tmp = os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
     try:
         if data_format == "parquet":
             table = pa.Table.from_pandas(df, schema=schema, preserve_index=keep_index)
@@ -1019,6 +1019,14 @@ def _write_partition(
             os.unlink(tmp)
     fsync_dir(folder)
     return {"name": name, "rows": len(df), "sha256": digest, "bytes": size}
+
+
+def _remove_strays(folder: str, keep: set[str]) -> None:
+    """Delete what a task killed mid-write left in ``folder`` (its temporary file)."""
+    for name in os.listdir(folder):
+        if name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
 
 
 def write_table(
@@ -1097,6 +1105,7 @@ def write_table(
             for number, part in enumerate(frame.to_delayed())
         ]
         written, extra = dask.compute(tasks, list(alongside))
+        _remove_strays(staging, {item["name"] for item in written})
         total = sum(item["rows"] for item in written)
         _write_manifest(staging, _manifest_document(format, files=list(written), rows=total))
         return Manifest(
