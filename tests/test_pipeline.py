@@ -239,7 +239,7 @@ def test_validate_job_does_not_write_demo_data(tmp_path):
 @pytest.mark.parametrize(
     ("override", "error", "fragment"),
     [
-        ("stats={scope: key, key: nope}", ColumnError, "stats.key: key column 'nope'"),
+        ("stats={{scope: key, key: nope}}", ColumnError, "stats.key: key column 'nope'"),
         ("stats.path={in}/stats.json", ConfigError, "stats.path"),
         ("stats.path={out}/stats.json", ConfigError, "stats.path"),
         ("output.path={in}/scaled", OutputError, "inside the input"),
