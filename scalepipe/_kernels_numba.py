@@ -154,21 +154,30 @@ def affine(
     clip: bool,
     rows_first: bool,
     out: np.ndarray,
-) -> None:
+) -> np.ndarray:
     """``out = clip((x - center) * scale + offset, lo, hi)`` in one sweep (NaN stays NaN).
 
     The same operations, in the same order, as the numpy version, so the
-    results are bit-identical to it.
+    results are bit-identical to it. Returns, per column, whether ``x`` held
+    an infinity.
     """
     n, f = x.shape
+    infinite = np.zeros(f, np.bool_)
     if rows_first:
         for i in range(n):
             for j in range(f):
-                y = (np.float64(x[i, j]) - center[j]) * scale[j] + offset[j]
+                v = np.float64(x[i, j])
+                infinite[j] |= math.isinf(v)
+                y = (v - center[j]) * scale[j] + offset[j]
                 out[i, j] = _clipped(y, lo[j], hi[j]) if clip else y
     else:
         for j in range(f):
             c, sc, o, a, b = center[j], scale[j], offset[j], lo[j], hi[j]
+            seen = False
             for i in range(n):
-                y = (np.float64(x[i, j]) - c) * sc + o
+                v = np.float64(x[i, j])
+                seen |= math.isinf(v)
+                y = (v - c) * sc + o
                 out[i, j] = _clipped(y, a, b) if clip else y
+            infinite[j] = seen
+    return infinite

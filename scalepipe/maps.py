@@ -20,6 +20,7 @@ import numpy as np
 
 from .batches import scale_batches
 from .methods import _AFFINE_FIELDS, Affine, RuleSet, apply_affine, invert_affine
+from .stats import NonFiniteError
 
 __all__ = ["AffineMap", "BatchMap", "KeyMap", "ValueMap", "params_at"]
 
@@ -40,16 +41,27 @@ def params_at(params: Affine, positions: np.ndarray) -> Affine:
     return Affine(**{k: np.where(passthrough, identity[k], getattr(picked, k)) for k in _AFFINE_FIELDS})
 
 
+def _named_inf(err: NonFiniteError, names: tuple[Any, ...], positions: np.ndarray) -> NonFiniteError:
+    """The error of a block, its columns named by the fitted features' names."""
+    return NonFiniteError(err.positions, [names[positions[p]] if positions[p] >= 0 else p for p in err.positions])
+
+
 @dataclass(frozen=True, eq=False)
 class AffineMap:
-    """Apply (or invert) fixed per-feature parameters."""
+    """Apply (or invert) fixed per-feature parameters; an infinity in the input is an error."""
 
     params: Affine
+    names: tuple[Any, ...]
     inverse: bool = False
 
     def __call__(self, values: np.ndarray, positions: np.ndarray, part: Any = None) -> np.ndarray:
         p = params_at(self.params, positions)
-        return invert_affine(values, p) if self.inverse else apply_affine(values, p)
+        if self.inverse:
+            return invert_affine(values, p)
+        try:
+            return apply_affine(values, p, reject_inf=True)
+        except NonFiniteError as err:
+            raise _named_inf(err, self.names, positions) from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +96,8 @@ class KeyMap:
         Parameters shaped ``(len(keys), n_features)``.
     fallback
         The global parameters, shaped ``(n_features,)``.
+    names
+        The fitted features' names, to name a column holding an infinity.
     inverse
         Invert instead of apply.
     """
@@ -92,6 +106,7 @@ class KeyMap:
     keys: Any
     per_key: Affine
     fallback: Affine
+    names: tuple[Any, ...]
     inverse: bool = False
 
     def rows(self, part: Any) -> np.ndarray:
@@ -110,4 +125,9 @@ class KeyMap:
                 for k in _AFFINE_FIELDS
             }
         )
-        return invert_affine(values, rowwise) if self.inverse else apply_affine(values, rowwise)
+        if self.inverse:
+            return invert_affine(values, rowwise)
+        try:
+            return apply_affine(values, rowwise, reject_inf=True)
+        except NonFiniteError as err:
+            raise _named_inf(err, self.names, positions) from None

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._accel import numba_kernels
 from .errors import DataError, ParameterError
-from .stats import Moments
+from .stats import Moments, NonFiniteError
 
 __all__ = [
     "METHODS",
@@ -339,12 +339,13 @@ def _out_dtype(x: np.ndarray) -> np.dtype:
     return x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
 
 
-def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None) -> np.ndarray:
+def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None, *, reject_inf: bool = False) -> np.ndarray:
     """Apply ``p`` to the columns of ``x`` (shape ``(n, n_features)``; NaN stays NaN).
 
     Computed in float64; the result keeps ``x``'s float dtype (float64 for
     integer input). ``x`` is never modified; pass ``out`` to reuse a buffer
-    scalepipe owns.
+    scalepipe owns. With ``reject_inf``, an infinity in ``x`` raises
+    :class:`~scalepipe.stats.NonFiniteError` naming its column's position.
 
     Examples
     --------
@@ -358,8 +359,12 @@ def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None) -> np.
     kernels = numba_kernels("_kernels_numba")
     if kernels is not None and x.ndim == 2 and p.center.ndim == 1 and x.dtype.kind in "fi":
         target = np.empty(x.shape, dtype=_out_dtype(x)) if out is None else out
-        kernels.affine(x, p.center, p.scale, p.offset, p.lo, p.hi, clip, bool(x.flags.c_contiguous), target)
+        infinite = kernels.affine(x, p.center, p.scale, p.offset, p.lo, p.hi, clip, bool(x.flags.c_contiguous), target)
+        if reject_inf and infinite.any():
+            raise NonFiniteError(np.flatnonzero(infinite))
         return target
+    if reject_inf and x.dtype.kind == "f" and (infinite := np.isinf(x).any(axis=0)).any():
+        raise NonFiniteError(np.flatnonzero(infinite))
     y = np.subtract(x, p.center, dtype=np.float64)
     y *= p.scale
     y += p.offset

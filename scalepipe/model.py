@@ -332,10 +332,11 @@ class Model:
         return view.transform(self.feature_names, self._map(inverse=True))
 
     def _map(self, inverse: bool) -> AffineMap | KeyMap:
+        names = tuple(self.feature_names)
         if self.groups is None:
-            return AffineMap(self.params, inverse)
+            return AffineMap(self.params, names, inverse)
         per_key = self.rules.params(self.groups.moments, allow_empty=True)
-        return KeyMap(self.scope.key, self.groups.keys, per_key, self.params, inverse)
+        return KeyMap(self.scope.key, self.groups.keys, per_key, self.params, names, inverse)
 
     def unseen_rows(self, data: Any) -> Any:
         """Rows whose key was not seen at fit (they are scaled with the global statistics).

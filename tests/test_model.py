@@ -241,3 +241,21 @@ def test_exact_fit_identical_across_kinds_and_chunkings(client, tmp_path):
     assert loaded.exact.identical(models[0].exact)
     updated = sp.fit(df.iloc[:1500], rules, exact=True).partial_fit(df.iloc[1500:])
     assert updated.moments.identical(models[0].moments)
+
+
+def test_inf_at_transform_names_the_column(client):
+    dd = pytest.importorskip("dask.dataframe")
+    df = mixed_frame(200)
+    model = sp.fit(df, RULES)
+    bad = df.copy()
+    bad.loc[7, "f32"] = np.inf
+    with pytest.raises(DataError, match="'f32'.*infinite"):
+        model.transform(bad)
+    with pytest.raises(DataError, match="'f32'.*infinite"):
+        model.transform(dd.from_pandas(bad, npartitions=3)).compute()
+    x = df[NUMERIC].to_numpy(float)
+    x[3, 2] = -np.inf
+    with pytest.raises(DataError, match="'lognormal'.*infinite"):
+        sp.fit(df[NUMERIC].to_numpy(float), [sp.ZScore()], feature_names=NUMERIC).transform(x, feature_names=NUMERIC)
+    # passthrough columns are not checked: they are written unchanged
+    assert np.isinf(model.transform(df.assign(const=np.inf))["const"]).all()
