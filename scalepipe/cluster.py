@@ -28,9 +28,11 @@ Failures inside the ``with`` block
     distributed notices the closed connection (the client does not wait to
     reconnect). Both are found also when another layer wrapped them (the
     output writer turns a failed write into an ``OutputError`` caused by them).
-    Ctrl-C is not translated: the client is closed, which makes the scheduler
-    release (cancel) every task of this job, the embedded cluster is shut
-    down, and the ``KeyboardInterrupt`` goes on to the caller.
+    Ctrl-C (SIGINT) is not translated: the ``KeyboardInterrupt`` leaves the
+    block, the client is closed, which makes the scheduler release (cancel)
+    every task of this job, the embedded cluster is shut down, and the
+    interrupt goes on to the caller. While the block runs, a SIGINT is never
+    lost (:class:`_Interrupt`).
 
 Runtime knobs (``dask.config``, read at call time):
 
@@ -45,6 +47,9 @@ import contextlib
 import glob
 import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -308,6 +313,76 @@ def _dashboard_link(client: Any, cluster: Any) -> str:
     return f"http://{server.address}:{server.port}/status"
 
 
+class _Interrupt:
+    """The SIGINT handler while a job runs: a Ctrl-C that is never lost.
+
+    Python raises ``KeyboardInterrupt`` wherever the main thread happens to
+    be. Raised inside a garbage-collection callback (distributed installs
+    one) or a ``__del__`` method, it is printed and dropped and the job runs
+    on; raised inside code run by ``exec`` of a string (dataclasses, lazy
+    imports), it makes ``python -m`` exit by SIGINT even when the command
+    handled it. So the handler does not raise while such a frame runs inside
+    the ``with`` block of :func:`open_cluster` (``body`` is the frame running
+    the block), and until the block is left a watcher thread sends SIGINT
+    again every quarter second while the interrupt is not delivered, and
+    when the main thread is found waiting again after it was (it was lost).
+    """
+
+    _DROPPING_FRAMES = frozenset({"__del__", "_gc_callback"})
+    _WAITING_FRAMES = frozenset({"wait", "_wait_for_tstate_lock"})
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+        self.requested = False
+        self.delivered = False
+        self.finished = threading.Event()
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.finished.is_set():
+            return  # the block is over: let its cleanup run
+        if not self.requested:
+            self.requested = True
+            threading.Thread(target=self._redeliver, name="scalepipe-interrupt", daemon=True).start()
+        if self._unsafe(frame):
+            return
+        self.delivered = True
+        raise KeyboardInterrupt
+
+    def _unsafe(self, frame: Any) -> bool:
+        while frame is not None and frame is not self.body:
+            code = frame.f_code
+            if code.co_name in self._DROPPING_FRAMES or code.co_filename == "<string>":
+                return True
+            frame = frame.f_back
+        return False
+
+    def _main_thread_waits(self) -> bool:
+        frame = sys._current_frames().get(threading.main_thread().ident)
+        return frame is not None and frame.f_code.co_name in self._WAITING_FRAMES and "threading" in frame.f_code.co_filename
+
+    def _redeliver(self) -> None:
+        while not self.finished.wait(0.25):
+            # A delivered interrupt unwinds the main thread to the end of the
+            # block without waiting on anything: a main thread that waits
+            # again has lost it.
+            if not self.delivered or self._main_thread_waits():
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _handling_sigint(handler: _Interrupt) -> Iterator[None]:
+    """Install ``handler`` for SIGINT, unless this is not the main thread or someone else handles SIGINT."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        handler.finished.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextlib.contextmanager
 def _quiet(*loggers: str) -> Iterator[None]:
     """Silence ``loggers`` (the reconnection tracebacks of a client closed after losing its scheduler)."""
@@ -387,14 +462,18 @@ def open_cluster(
             raise ClusterError(f"the scheduler {where} failed while checking the workers: {_one_line(err)}") from err
         if cfg.dashboard_address is not None or address:
             echo(f"dashboard: {_dashboard_link(client, cluster)}")
-        try:
-            yield client
-        except Exception as err:
-            problem = _translated(err, client, where, partition_files, input_path)
-            if problem is None:
-                raise
-            lost = client.status != "running"
-            raise problem from err
+        # The frame running the with block: this generator's, then
+        # contextlib's __enter__, then the caller's.
+        interrupt = _Interrupt(body=sys._getframe(2))
+        with _handling_sigint(interrupt):
+            try:
+                yield client
+            except Exception as err:
+                problem = _translated(err, client, where, partition_files, input_path)
+                if problem is None:
+                    raise
+                lost = client.status != "running"
+                raise problem from err
     finally:
         with _quiet("distributed.client") if lost else contextlib.nullcontext():
             with contextlib.suppress(Exception):

@@ -128,16 +128,7 @@ def _assert_same_result(root: Path, baseline: dict[str, Any]) -> None:
     "wanted",
     [
         pytest.param(lambda key: "_frame_block_moments" in key or "merge_all" in key, id="fit"),
-        pytest.param(
-            lambda key: "_write_partition" in key,
-            id="write",
-            marks=pytest.mark.xfail(
-                reason="io._write_partition's temporary file (part.N.parquet.tmp-<uuid>, not a hidden name) is left "
-                "in the committed output when its worker is killed mid-write; the retried task writes part.N, "
-                "so verify_output finds an unlisted file (io.py owns the fix)",
-                strict=False,
-            ),
-        ),
+        pytest.param(lambda key: "_write_partition" in key, id="write"),
     ],
 )
 def test_a_worker_killed_mid_job_changes_nothing(faulty, data, baseline, tmp_path, wanted):
