@@ -90,8 +90,12 @@ def main() -> None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM (a scheduler or container stopping the job) cleans up as Ctrl-C does."""
-    raise KeyboardInterrupt
+    """SIGTERM (a scheduler or container stopping the job) cleans up as Ctrl-C does.
+
+    It re-raises as SIGINT, so the cluster's SIGINT handler (which makes sure
+    the interrupt is not swallowed inside distributed's callbacks) applies.
+    """
+    signal.raise_signal(signal.SIGINT)
 
 
 def _run(

@@ -259,3 +259,22 @@ def test_inf_at_transform_names_the_column(client):
         sp.fit(df[NUMERIC].to_numpy(float), [sp.ZScore()], feature_names=NUMERIC).transform(x, feature_names=NUMERIC)
     # passthrough columns are not checked: they are written unchanged
     assert np.isinf(model.transform(df.assign(const=np.inf))["const"]).all()
+
+
+def test_xarray_3d_uneven_chunks(client):
+    xr = pytest.importorskip("xarray")
+    values = np.random.default_rng(14).normal(5, 2, size=(37, 11, 4))
+    arr = xr.DataArray(values, dims=("time", "x", "band"), coords={"band": ["r", "g", "b", "n"]}, name="img")
+    lazy = arr.chunk({"time": (10, 20, 7), "x": (3, 8), "band": (1, 3)})
+    model = sp.fit(lazy, [sp.MinMax(["img[r]", "img[g]"]), sp.ZScore()], reduce_dims=["time", "x"])
+    flat = values.reshape(-1, 4)
+    np.testing.assert_array_equal(model.moments.min, flat.min(0))
+    np.testing.assert_allclose(model.moments.var(), flat.var(0), rtol=1e-12)
+    out = model.transform(lazy)
+    assert out.chunks == lazy.chunks
+    lo, hi = values.min((0, 1)), values.max((0, 1))
+    expected = np.concatenate(
+        [(values[..., :2] - lo[:2]) / (hi[:2] - lo[:2]), (values[..., 2:] - values[..., 2:].mean((0, 1))) / values[..., 2:].std((0, 1))],
+        axis=-1,
+    )
+    np.testing.assert_allclose(out.values, expected, rtol=1e-12, atol=1e-12)
