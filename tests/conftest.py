@@ -8,8 +8,8 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def client():
-    """A client of a 2-worker, process-based LocalCluster bound to 127.0.0.1."""
+def _shared_cluster_client():
+    """A client of a 2-worker, process-based LocalCluster bound to 127.0.0.1, started once."""
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(
         n_workers=2,
@@ -18,8 +18,23 @@ def client():
         host="127.0.0.1",
         dashboard_address="127.0.0.1:0",
         memory_limit="2GiB",
-    ) as cluster, distributed.Client(cluster) as c:
-        yield c
+    ) as cluster:
+        c = distributed.Client(cluster, set_as_default=False)
+        try:
+            yield c
+        finally:
+            c.close()
+
+
+@pytest.fixture
+def client(_shared_cluster_client):
+    """The shared cluster's client, current for this test only.
+
+    Entering it as the current client just for the test keeps other tests
+    (which start or connect to clusters of their own) from computing on it.
+    """
+    with _shared_cluster_client.as_current():
+        yield _shared_cluster_client
 
 
 def mixed_frame(n: int = 2000, seed: int = 0) -> pd.DataFrame:
