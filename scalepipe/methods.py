@@ -358,7 +358,8 @@ def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None, *, rej
     clip = bool(np.isfinite(p.lo).any() or np.isfinite(p.hi).any())
     kernels = numba_kernels("_kernels_numba")
     if kernels is not None and x.ndim == 2 and p.center.ndim == 1 and x.dtype.kind in "fi":
-        target = np.empty(x.shape, dtype=_out_dtype(x)) if out is None else out
+        # the input's memory layout (pandas hands over column-major blocks), so the kernel writes contiguously
+        target = np.empty_like(x, dtype=_out_dtype(x)) if out is None else out
         infinite = kernels.affine(x, p.center, p.scale, p.offset, p.lo, p.hi, clip, bool(x.flags.c_contiguous), target)
         if reject_inf and infinite.any():
             raise NonFiniteError(np.flatnonzero(infinite))
