@@ -55,3 +55,23 @@ def mixed_frame(n: int = 2000, seed: int = 0) -> pd.DataFrame:
     for col in ("offset", "lognormal", "f32"):
         df.loc[rng.random(n) < 0.05, col] = np.nan
     return df
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_distributed_scheduler():
+    """Forget a ``scheduler: dask.distributed`` setting left behind by a closed client.
+
+    A client made with ``set_as_default=True`` sets that Dask config globally;
+    closing clients out of creation order can leave it set with no client
+    alive, and the next test's in-process ``compute`` then fails.
+    """
+    yield
+    import dask
+
+    if dask.config.get("scheduler", None) in ("dask.distributed", "distributed"):
+        try:
+            from distributed import default_client
+
+            default_client()
+        except (ImportError, ValueError):
+            dask.config.config.pop("scheduler", None)
