@@ -162,34 +162,29 @@ def resolve_columns(view: View, scalers: Sequence[Scaler], exclude: Sequence[Any
     return features, passthrough
 
 
-def _compute(lazy: Any, names: Sequence[Any]) -> Any:
-    """Evaluate (possibly lazy) moments, naming the column of an ``inf``."""
-    try:
-        if isinstance(lazy, (Moments, ExactMoments)):
-            return lazy
-        from . import reduce
+def _evaluate(view: View, names: Sequence[Any], *values: Any) -> tuple[Any, ...]:
+    """``values`` as the view returned them, computed together if lazy; an ``inf`` names its column."""
+    if not view.lazy:
+        return values
+    from . import reduce
 
-        (moments,) = reduce.compute(lazy)
-        return moments
+    try:
+        return reduce.compute(*values)
     except NonFiniteError as err:
-        if err.names is None:
-            raise err.named(names) from None
-        raise
+        raise (err.named(names) if err.names is None else err) from None
+
+
+def _compute(view: View, names: Sequence[Any], exact: bool = False) -> Any:
+    """The statistics of ``names`` (:class:`ExactMoments` with ``exact``), in one pass."""
+    (moments,) = _evaluate(view, names, view.moments(names, exact))
+    return moments
 
 
 def _compute_keyed(view: View, names: Sequence[Any], key: Any) -> tuple[Moments, KeyTable]:
     """Global statistics and the per-key table, in one pass."""
     if not hasattr(view, "key_moments"):
         raise DataError(f"scope 'key' needs a table (pandas or dask DataFrame), not {view.kind} data")
-    lazy = view.key_moments(names, key)
-    try:
-        if view.lazy:
-            from . import reduce
-
-            (lazy,) = reduce.compute(lazy)
-    except NonFiniteError as err:
-        raise (err.named(names) if err.names is None else err) from None
-    moments, table = lazy
+    ((moments, table),) = _evaluate(view, names, view.key_moments(names, key))
     return moments, table.sorted()
 
 
@@ -197,16 +192,7 @@ def _batch_table(
     view: View, names: Sequence[Any], scope: Scope, partition_labels: Sequence[str] | None, first: int = 0
 ) -> tuple[Moments, list[str]]:
     """Every batch's statistics, in partition order, with one label per batch."""
-    lazy = view.batch_moments(names, scope.batch_rows)
-    try:
-        if view.lazy:
-            from . import reduce
-
-            per_partition = list(reduce.compute(*lazy))
-        else:
-            per_partition = list(lazy)
-    except NonFiniteError as err:
-        raise (err.named(names) if err.names is None else err) from None
+    per_partition = _evaluate(view, names, *view.batch_moments(names, scope.batch_rows))
     labels = []
     for p, table in enumerate(per_partition):
         where = f"partition {first + p}"
@@ -367,11 +353,11 @@ class Model:
             new, table = _compute_keyed(view, names, self.scope.key)
             self.groups = merge_tables(self.groups, table).sorted()
         elif self.exact is not None:
-            both = merge(ExactMoments(self.moments, self.exact), _compute(view.moments(names, exact=True), names))
+            both = merge(ExactMoments(self.moments, self.exact), _compute(view, names, exact=True))
             self.moments, self.exact = both.finish(), both.sums
             new = None
         elif self.batches is None:
-            new = _compute(view.moments(names), names)
+            new = _compute(view, names)
         else:
             first = len({label.split(" batch ")[0] for label in self.batches.labels})
             table, labels = _batch_table(view, names, self.scope, None, first)
@@ -716,10 +702,10 @@ def fit(
         moments = merge_all([table.row(i) for i in range(len(labels))])
         batches = BatchStats(table, labels, running_stats(table, _momenta(rules, features)))
     elif exact:
-        both = _compute(view.moments(names, exact=True), names)
+        both = _compute(view, names, exact=True)
         moments, exact_sums = both.finish(), both.sums
     else:
-        moments = _compute(view.moments(names), names)
+        moments = _compute(view, names)
     rows = int(moments.count[0] + moments.nan_count[0]) if len(names) else 0
     if rows == 0:
         raise DataError("the data has no rows to fit")

@@ -246,12 +246,7 @@ def _as_float64_columns(block: object) -> np.ndarray:
     contiguous buffer: accurate, and independent of how the caller laid the
     data out in memory (so results are bit-reproducible).
     """
-    x = np.asarray(block)
-    if x.ndim != 2:
-        raise DataError(f"expected a 2-D block (rows x features), got shape {x.shape}")
-    if x.dtype.kind not in "fiub":
-        raise DataError(f"expected numeric data, got dtype {x.dtype}")
-    return np.require(x, dtype=np.float64, requirements=["F", "A"])
+    return np.require(_as_real_2d(block), dtype=np.float64, requirements=["F", "A"])
 
 
 def _as_real_2d(block: object) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from .batches import batch_moments
 from .errors import ColumnError, DataError
 from .maps import ValueMap
-from .stats import Moments, array_moments
+from .stats import array_moments
 
 __all__ = ["View", "view_of"]
 
