@@ -6,12 +6,13 @@ caller's array in place whatever its layout and real dtype (no float64 copy).
 They release the GIL, so Dask's threads run them in parallel. The numpy
 versions stay the fallback and the test reference.
 
-The statistics follow the same scheme as the numpy kernel: per column and per
-sub-block of :data:`ROWS` rows, a first sweep gives count, NaN count, min, max
-and a pivot (the sub-block's float mean), a second sums the deviations from
-the pivot and their squares; sub-blocks merge with Chan's update, the mean as
-a double-double and ``m2`` with a compensated sum, so rounding stays at the
-level of a few ulps for any number of rows.
+The statistics take one sweep per sub-block of :data:`ROWS` rows: deviations
+from a pivot (the previous sub-block's mean) and their squares are summed with
+count, min and max, vectorised across the columns; the rare sub-block whose
+mean is far from its pivot is swept again about its own mean (from the cache),
+so rounding stays that of a two-pass sum. Sub-blocks merge with Chan's
+update, the mean as a double-double and ``m2`` with a compensated sum, so
+rounding stays at the level of a few ulps for any number of rows.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ import math
 import numba
 import numpy as np
 
-#: Rows per sub-block: its slice of every column stays in the L1/L2 cache.
+#: Rows per sub-block: the unit of Chan's merge, of a re-sweep when needed and
+#: of the transposition of a column-major block (its tile stays in the L1/L2 cache).
 ROWS = 512
+#: A one-sweep sub-block is kept when its mean lies within ``sqrt(SHIFT_BOUND)``
+#: standard deviations of the pivot: ``m2 = q - d**2 / n`` then loses at most a
+#: factor ``1 + SHIFT_BOUND`` over the rounding of a two-pass sum.
+SHIFT_BOUND = 4.0
+_SPLIT = 134217729.0  # 2**27 + 1
 
 
 @numba.njit(inline="always")
@@ -32,12 +39,128 @@ def _two_sum(a: float, b: float) -> tuple[float, float]:
     return s, (a - (s - bb)) + (b - bb)
 
 
+@numba.njit(inline="always")
+def _divide(d: float, n: int) -> tuple[float, float]:
+    """``d / n`` as a rounded quotient and the rounded rest of the exact quotient.
+
+    The remainder ``d - q*n`` is computed exactly from a Veltkamp split of
+    ``q`` (``n`` is at most :data:`ROWS`, so each partial product is exact).
+    """
+    q = d / n
+    t = _SPLIT * q
+    q_hi = t - (t - q)
+    rest = (d - q_hi * n) - (q - q_hi) * n
+    return q, (rest / n if math.isfinite(rest) else 0.0)
+
+
+@numba.njit(inline="always")
+def _first_value(x: np.ndarray, stop: int, j: int) -> float:
+    for i in range(stop):
+        v = np.float64(x[i, j])
+        if v == v:
+            return v
+    return np.nan
+
+
+@numba.njit(inline="always")
+def _sweep(x, stop, pivot, c, d, q, mn, mx) -> None:
+    """Add rows ``0:stop`` of a row-major tile to the per-column sums (vectorised across columns)."""
+    f = x.shape[1]
+    for i in range(stop):
+        for j in range(f):
+            v = np.float64(x[i, j])
+            ok = v == v
+            e = v - pivot[j] if ok else 0.0
+            c[j] += ok
+            d[j] += e
+            q[j] += e * e
+            mn[j] = np.fmin(mn[j], v)
+            mx[j] = np.fmax(mx[j], v)
+
+
+@numba.njit(inline="always")
+def _two_pass(x, stop, j, lo, hi) -> tuple[float, float, float]:
+    """Column ``j`` of a tile swept again about its float mean: ``(pivot, d, q)``."""
+    s, n = 0.0, 0
+    for i in range(stop):
+        v = np.float64(x[i, j])
+        ok = v == v
+        n += ok
+        s += v if ok else 0.0
+    pivot = s / n
+    if not math.isfinite(pivot):
+        pivot = 0.5 * lo + 0.5 * hi
+    d, q = 0.0, 0.0
+    for i in range(stop):
+        v = np.float64(x[i, j])
+        e = v - pivot if v == v else 0.0
+        d += e
+        q += e * e
+    return pivot, d, q
+
+
+@numba.njit(inline="always")
+def _sub_block(block, rows, state) -> None:
+    """Sweep one row-major sub-block and merge it into ``state`` (see :func:`moments`)."""
+    count, nan_count, lo, hi, mean, mean_lo, m2, m2_lo, bad, pivot, c, d, q, mn, mx = state
+    f = block.shape[1]
+    for j in range(f):
+        if pivot[j] != pivot[j]:
+            pivot[j] = _first_value(block, rows, j)
+    c[:] = 0
+    d[:] = 0.0
+    q[:] = 0.0
+    mn[:] = np.inf
+    mx[:] = -np.inf
+    _sweep(block, rows, pivot, c, d, q, mn, mx)
+    for j in range(f):
+        cj = c[j]
+        nan_count[j] += rows - cj
+        if cj == 0:
+            continue
+        if math.isinf(mn[j]) or math.isinf(mx[j]):
+            bad[j] = True
+        if bad[j]:
+            continue
+        dj, qj = d[j], q[j]
+        shift = dj * (dj / cj)
+        bm2 = qj - shift
+        if not (math.isfinite(bm2) and shift <= SHIFT_BOUND * bm2):
+            pivot[j], dj, qj = _two_pass(block, rows, j, mn[j], mx[j])
+            bm2 = max(qj - dj * (dj / cj), 0.0)
+        step, step_lo = _divide(dj, cj)
+        bmean, bmean_lo = _two_sum(pivot[j], step)
+        bmean, bmean_lo = _two_sum(bmean, bmean_lo + step_lo)
+        pivot[j] = bmean
+        na = count[j]
+        if na == 0:
+            mean[j], mean_lo[j], m2[j], m2_lo[j] = bmean, bmean_lo, bm2, 0.0
+            lo[j], hi[j] = mn[j] + 0.0, mx[j] + 0.0
+        else:
+            w = cj / (na + cj)
+            delta = (bmean - mean[j]) + (bmean_lo - mean_lo[j])
+            mean[j], mean_lo[j] = _two_sum(mean[j], mean_lo[j] + delta * w)
+            m2[j], err = _two_sum(m2[j], bm2 + delta * delta * (na * w))
+            m2_lo[j] += err
+            lo[j] = min(lo[j], mn[j] + 0.0)
+            hi[j] = max(hi[j], mx[j] + 0.0)
+        count[j] += cj
+
+
 @numba.njit(nogil=True, cache=True)
 def moments(x: np.ndarray, rows_first: bool) -> tuple:
     """Count, NaN count, min, max, mean, mean residual, m2 and an inf flag per column.
 
-    ``rows_first`` sweeps each sub-block row by row (vectorised across the
-    columns of a C-ordered array); otherwise column by column (F order).
+    Per sub-block of :data:`ROWS` rows, one sweep gives each column's count,
+    min, max and the sums ``d`` of the deviations ``e = x - pivot`` and ``q``
+    of ``e*e``, the pivot being the previous sub-block's mean (the first
+    value for the first one). A column whose sub-block mean lies too far from
+    its pivot for ``q - d**2/n`` to be accurate (:data:`SHIFT_BOUND`), or whose
+    sums overflowed, is swept again about its own float mean, from the cache.
+    Sub-blocks merge with Chan's update, the mean as a double-double and
+    ``m2`` with a compensated sum. Without ``rows_first`` (a column-major
+    array) each sub-block is first transposed into a row-major tile, so both
+    layouts run the same sweep and give identical results.
     """
     n, f = x.shape
     count = np.zeros(f, np.int64)
@@ -49,86 +172,24 @@ def moments(x: np.ndarray, rows_first: bool) -> tuple:
     m2 = np.zeros(f)
     m2_lo = np.zeros(f)
     bad = np.zeros(f, np.bool_)
+    pivot = np.full(f, np.nan)
     c = np.zeros(f, np.int64)
-    s = np.zeros(f)
-    bmin = np.zeros(f)
-    bmax = np.zeros(f)
-    pivot = np.zeros(f)
     d = np.zeros(f)
     q = np.zeros(f)
-    for start in range(0, n, ROWS):
-        stop = min(start + ROWS, n)
-        c[:] = 0
-        s[:] = 0.0
-        bmin[:] = np.inf
-        bmax[:] = -np.inf
-        d[:] = 0.0
-        q[:] = 0.0
-        if rows_first:
-            for i in range(start, stop):
+    mn = np.zeros(f)
+    mx = np.zeros(f)
+    state = (count, nan_count, lo, hi, mean, mean_lo, m2, m2_lo, bad, pivot, c, d, q, mn, mx)
+    if rows_first:
+        for start in range(0, n, ROWS):
+            _sub_block(x[start : start + ROWS], min(ROWS, n - start), state)
+    else:
+        tile = np.empty((min(ROWS, n), f), x.dtype)
+        for start in range(0, n, ROWS):
+            rows = min(ROWS, n - start)
+            for i in range(rows):
                 for j in range(f):
-                    v = np.float64(x[i, j])
-                    ok = v == v
-                    c[j] += ok
-                    s[j] += v if ok else 0.0
-                    if v < bmin[j]:
-                        bmin[j] = v
-                    if v > bmax[j]:
-                        bmax[j] = v
-        else:
-            for j in range(f):
-                cj, sj, mn, mx = 0, 0.0, np.inf, -np.inf
-                for i in range(start, stop):
-                    v = np.float64(x[i, j])
-                    ok = v == v
-                    cj += ok
-                    sj += v if ok else 0.0
-                    if v < mn:
-                        mn = v
-                    if v > mx:
-                        mx = v
-                c[j], s[j], bmin[j], bmax[j] = cj, sj, mn, mx
-        for j in range(f):
-            nan_count[j] += (stop - start) - c[j]
-            if c[j] > 0 and (math.isinf(bmin[j]) or math.isinf(bmax[j])):
-                bad[j] = True
-            p = s[j] / max(c[j], 1)
-            pivot[j] = p if math.isfinite(p) else 0.5 * bmin[j] + 0.5 * bmax[j]
-        if rows_first:
-            for i in range(start, stop):
-                for j in range(f):
-                    v = np.float64(x[i, j])
-                    e = v - pivot[j] if v == v else 0.0
-                    d[j] += e
-                    q[j] += e * e
-        else:
-            for j in range(f):
-                pj, dj, qj = pivot[j], 0.0, 0.0
-                for i in range(start, stop):
-                    v = np.float64(x[i, j])
-                    e = v - pj if v == v else 0.0
-                    dj += e
-                    qj += e * e
-                d[j], q[j] = dj, qj
-        for j in range(f):
-            cj = c[j]
-            if cj == 0 or bad[j]:
-                continue
-            bm2 = max(q[j] - d[j] * (d[j] / cj), 0.0)
-            bmean, bmean_lo = _two_sum(pivot[j], d[j] / cj)
-            na = count[j]
-            if na == 0:
-                mean[j], mean_lo[j], m2[j], m2_lo[j] = bmean, bmean_lo, bm2, 0.0
-                lo[j], hi[j] = bmin[j] + 0.0, bmax[j] + 0.0
-            else:
-                w = cj / (na + cj)
-                delta = (bmean - mean[j]) + (bmean_lo - mean_lo[j])
-                mean[j], mean_lo[j] = _two_sum(mean[j], mean_lo[j] + delta * w)
-                m2[j], err = _two_sum(m2[j], bm2 + delta * delta * (na * w))
-                m2_lo[j] += err
-                lo[j] = min(lo[j], bmin[j] + 0.0)
-                hi[j] = max(hi[j], bmax[j] + 0.0)
-            count[j] += cj
+                    tile[i, j] = x[start + i, j]
+            _sub_block(tile, rows, state)
     for j in range(f):
         m2[j], m2_lo[j] = _two_sum(m2[j], m2_lo[j])
     return count, nan_count, lo, hi, mean, mean_lo, m2, bad
