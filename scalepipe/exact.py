@@ -364,9 +364,9 @@ def chunk_exact_sums(x: np.ndarray) -> ExactSums:
     ----------
     x : array_like, shape (n_rows, n_features)
         Float64 in any memory layout; other real dtypes are converted to
-        float64 first, as :func:`~scalepipe.stats.chunk_moments` does (exact
-        for float32 and for integers up to 2**53). NaN is missing data; zero
-        rows are allowed.
+        float64, as :func:`~scalepipe.stats.chunk_moments` does (exact for
+        float32, which the numba kernel widens as it reads, and for integers
+        up to 2**53). NaN is missing data; zero rows are allowed.
 
     Returns
     -------
@@ -392,7 +392,8 @@ def chunk_exact_sums(x: np.ndarray) -> ExactSums:
     if x.dtype != np.float64:
         if x.dtype.kind not in "fiub":
             raise DataError(f"expected real numeric data, got dtype {x.dtype}")
-        x = x.astype(np.float64)
+        if x.dtype != np.float32 or _numba_kernel() is None:
+            x = x.astype(np.float64)  # the numba kernel widens float32 as it reads it
     n, f = x.shape
     if n == 0 or f == 0:
         return ExactSums.empty(f)

@@ -29,7 +29,7 @@ from scalepipe.exact import (
 from scalepipe.stats import NonFiniteError
 
 try:
-    from scalepipe import _exact_numba  # noqa: F401
+    from scalepipe import _exact_numba
 
     HAVE_NUMBA = True
 except ImportError:
@@ -196,27 +196,34 @@ def test_numba_and_numpy_identical(monkeypatch):
 
 
 def _fast_path_edges(seed: int) -> np.ndarray:
-    """Columns at the numba fast path's limits: magnitudes near 2**-437 and
-    2**500, spans near 75 bits, one odd value in a block, blocks of NaN/zeros."""
+    """Columns at the numba fast path's limits: magnitudes near 2**-462 and
+    2**510, exponent spans near 75 bits, one odd value in a block, blocks of
+    NaN/zeros, and blocks on both paths in one column."""
     rng = np.random.default_rng(seed)
-    n = 2049  # two full numba blocks and one row
+    lane = _exact_numba.BLOCK
+    n = 8 * lane + 1  # full lanes and one row
     u = rng.standard_normal(n)
-    cols = [np.ldexp(u, t) for t in (-440, -437, -436, -300, 0, 300, 499, 500, 501)]
-    for span in (70, 74, 75, 76, 80, 101):
-        c = 1.0 + np.ldexp(np.floor(rng.random(n) * 2**20), -20)  # in [1, 2): top bit 2**0
-        c[rng.integers(0, n, 8)] = np.ldexp(1.0, 1 - span)  # lowest bit `span` below 2**1
+    cols = [np.ldexp(u, t) for t in (-465, -462, -461, -300, 0, 300, 509, 510, 511)]
+    for span in (20, 22, 23, 24, 30, 75, 101):
+        c = 1.0 + np.ldexp(np.floor(rng.random(n) * 2**20), -20)  # in [1, 2): |x| < 2**1
+        c[rng.integers(0, n, 8)] = np.ldexp(1.0, 1 - span)  # its exponent `span` below
         c[::5] *= -1
         cols.append(c)
     odd = rng.standard_normal(n)
-    odd[1500] = 1e-30
+    odd[int(1.5 * lane)] = 1e-30
     odd[100] = np.nan
     cols.append(odd)
     nan_block = rng.standard_normal(n)
-    nan_block[:1024] = np.nan
-    nan_block[1024:1100] = 0.0
+    nan_block[:lane] = np.nan
+    nan_block[lane : lane + 50] = 0.0
     cols.append(nan_block)
+    straddle = rng.standard_normal(n)  # lanes alternate between the fast and the general path
+    straddle[lane + 3 :: 2 * lane] = 1e-300
+    straddle[3 * lane + 7 :: 4 * lane] = 1e300
+    cols.append(straddle)
     cols.append(1e9 + rng.standard_normal(n))
     cols.append(np.float32(rng.lognormal(0.0, 3.0, n)).astype(np.float64))
+    cols.append(np.float32(1e4 + rng.standard_normal(n)).astype(np.float64))
     return np.column_stack(cols)
 
 
@@ -224,13 +231,38 @@ def _fast_path_edges(seed: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_numba_fast_path_edges_identical(seed, monkeypatch):
     x = _fast_path_edges(seed)
-    for block in (x, np.asfortranarray(x), x[:1025], x[:7, :11]):
+    lane = _exact_numba.BLOCK
+    f_order = np.asfortranarray(x)
+    blocks = [x, f_order, f_order[lane - 3 : 3 * lane + 5], f_order[1:2], x[: lane + 1], x[:7, :11], x[:, ::-1], x[::2]]
+    blocks += [f_order[:, ::-3], np.broadcast_to(x[:, :1], (x.shape[0], 3)), x[:1], x[:0]]
+    for block in blocks:
         monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
         a = chunk_exact_sums(block)
         monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
-        assert chunk_exact_sums(block).identical(a)
+        assert chunk_exact_sums(block).identical(a), block.shape
     if seed == 0:
-        check_against_reference(x[:300])
+        check_against_reference(x[: lane + 40])
+        check_against_reference(f_order[lane - 30 : 2 * lane + 30, -6:])
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
+def test_numba_reads_float32_in_place(monkeypatch):
+    """float32 goes to the numba kernel unconverted, in either layout; the sums are those of its float64 values."""
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((3 * _exact_numba.BLOCK + 5, 5)) * np.array([1.0, 1e30, 1e-30, 1e37, 1.0])).astype(
+        np.float32
+    )
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[:, 4] = np.float32(1e-45)  # the smallest float32 subnormal
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+    want = chunk_exact_sums(x.astype(np.float64))
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
+    assert chunk_exact_sums(x).identical(want)
+    assert chunk_exact_sums(np.asfortranarray(x)).identical(want)
+    assert chunk_exact_sums(x[:, ::-1]).identical(want.take([4, 3, 2, 1, 0]))
+    tail = chunk_exact_sums(np.asfortranarray(x)[3:])
+    assert merge_exact(chunk_exact_sums(x[:3]), tail).identical(want)
+    check_against_reference(x[:200].astype(np.float64))
 
 
 def _pieces(x: np.ndarray, n_pieces: int, seed: int) -> list[np.ndarray]:
