@@ -6,10 +6,14 @@ Dask orchestration, so both see a table the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+#: Dtypes the kernels read in place; other numeric columns are converted to float64.
+_READ_IN_PLACE = frozenset(np.dtype(t) for t in ("float64", "float32", "int64", "int32"))
 
 
 def is_numeric(dtype: object) -> bool:
@@ -28,17 +32,46 @@ def float_values(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     return df[list(columns)].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+def column_blocks(df: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The columns as 2-D blocks (rows x columns) of one dtype each, with their positions in ``columns``.
+
+    Columns of a dtype the kernels read in place (float64, float32, int64,
+    int32) come as views of pandas' own storage where it allows, so no copy
+    is made; the others (nullable, small integers) as float64 with missing
+    values as NaN. The caller's frame is not modified.
+    """
+    groups: dict[np.dtype | None, list[int]] = {}
+    for i, c in enumerate(columns):
+        dtype = df[c].dtype
+        groups.setdefault(dtype if dtype in _READ_IN_PLACE else None, []).append(i)
+    for dtype, positions in groups.items():
+        names = [columns[i] for i in positions]
+        block = df[names]
+        values = block.to_numpy() if dtype is not None else block.to_numpy(dtype=np.float64, na_value=np.nan)
+        yield np.asarray(positions, dtype=np.int64), values
+
+
+def map_columns(
+    df: pd.DataFrame, columns: Sequence[str], fn: Callable[[np.ndarray, np.ndarray, Any], np.ndarray]
+) -> pd.DataFrame:
+    """A new frame equal to ``df`` with ``columns`` replaced by ``fn(values, positions, df)``.
+
+    ``fn`` is applied to each block of :func:`column_blocks`; the result keeps
+    the column order, and each scaled column gets :func:`output_dtype`.
+    """
+    scaled: dict[str, np.ndarray] = {}
+    for positions, values in column_blocks(df, columns):
+        out = fn(values, positions, df)
+        for k, p in enumerate(positions):
+            scaled[columns[p]] = out[:, k]
+    data = {
+        c: (scaled[c].astype(output_dtype(df[c].dtype), copy=False) if c in scaled else df[c])
+        for c in df.columns
+    }
+    return pd.DataFrame(data, index=df.index, columns=df.columns, copy=False)
+
+
 def output_dtype(dtype: object) -> np.dtype:
     """The dtype a scaled column gets: float32 stays float32, everything else float64."""
     np_dtype = getattr(dtype, "numpy_dtype", dtype)
     return np.dtype(np.float32) if np.dtype(np_dtype) == np.float32 else np.dtype(np.float64)
-
-
-def replace_columns(df: pd.DataFrame, columns: Sequence[str], values: np.ndarray) -> pd.DataFrame:
-    """A new frame equal to ``df`` with ``columns`` replaced by ``values`` (column order kept)."""
-    position = {c: i for i, c in enumerate(columns)}
-    data = {
-        c: (values[:, position[c]].astype(output_dtype(df[c].dtype), copy=False) if c in position else df[c])
-        for c in df.columns
-    }
-    return pd.DataFrame(data, index=df.index, columns=df.columns)

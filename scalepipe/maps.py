@@ -13,16 +13,17 @@ plain process, in Dask tasks, and (later) on Spark executors.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from .batches import scale_batches
-from .methods import _AFFINE_FIELDS, Affine, RuleSet, apply_affine, invert_affine
-from .stats import NonFiniteError
+from .methods import _AFFINE_FIELDS, Affine, RuleSet, affine_dtype, apply_affine, invert_affine
+from .stats import BLOCK_VALUES, NonFiniteError
 
-__all__ = ["AffineMap", "BatchMap", "KeyMap", "ValueMap", "params_at"]
+__all__ = ["AffineMap", "BatchMap", "KeyMap", "ValueMap", "on_threads", "params_at"]
 
 
 class ValueMap(Protocol):
@@ -54,14 +55,49 @@ class AffineMap:
     names: tuple[Any, ...]
     inverse: bool = False
 
-    def __call__(self, values: np.ndarray, positions: np.ndarray, part: Any = None) -> np.ndarray:
+    def __call__(
+        self, values: np.ndarray, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         p = params_at(self.params, positions)
         if self.inverse:
             return invert_affine(values, p)
         try:
-            return apply_affine(values, p, reject_inf=True)
+            return apply_affine(values, p, out, reject_inf=True)
         except NonFiniteError as err:
             raise _named_inf(err, self.names, positions) from None
+
+
+@dataclass(frozen=True, eq=False)
+class ThreadedMap:
+    """An :class:`AffineMap` applied to row blocks of in-memory data on threads.
+
+    Each row's result depends only on that row, so the blocks are independent;
+    they are written into one output (allocated here, or the caller's ``out``),
+    whose pages the threads also fault in in parallel. The kernels release the
+    GIL. Not for Dask tasks, whose scheduler already runs blocks in parallel.
+    """
+
+    fn: AffineMap
+    threads: int | None = None
+
+    def __call__(
+        self, values: np.ndarray, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        if out is None:
+            out = np.empty_like(values, dtype=affine_dtype(values))
+        rows = max(1024, (16 * BLOCK_VALUES) // max(values.shape[1], 1))
+        if len(values) <= rows:
+            return self.fn(values, positions, part, out)
+        starts = range(0, len(values), rows)
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            # list(): the first failing block's error (in row order) is raised here
+            list(pool.map(lambda a: self.fn(values[a : a + rows], positions, None, out[a : a + rows]), starts))
+        return out
+
+
+def on_threads(fn: ValueMap) -> ValueMap:
+    """``fn`` run on threads over row blocks where its rows are independent (see :class:`ThreadedMap`)."""
+    return ThreadedMap(fn) if isinstance(fn, AffineMap) and not fn.inverse else fn
 
 
 @dataclass(frozen=True, eq=False)

@@ -335,7 +335,8 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
     return Affine(*(np.asarray(a, dtype=np.float64) for a in (center, scale, offset, lo, hi)))
 
 
-def _out_dtype(x: np.ndarray) -> np.dtype:
+def affine_dtype(x: np.ndarray) -> np.dtype:
+    """The dtype :func:`apply_affine` returns for ``x``: its float dtype, float64 for integers."""
     return x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
 
 
@@ -359,7 +360,7 @@ def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None, *, rej
     kernels = numba_kernels("_kernels_numba")
     if kernels is not None and x.ndim == 2 and p.center.ndim == 1 and x.dtype.kind in "fi":
         # the input's memory layout (pandas hands over column-major blocks), so the kernel writes contiguously
-        target = np.empty_like(x, dtype=_out_dtype(x)) if out is None else out
+        target = np.empty_like(x, dtype=affine_dtype(x)) if out is None else out
         infinite = kernels.affine(x, p.center, p.scale, p.offset, p.lo, p.hi, clip, bool(x.flags.c_contiguous), target)
         if reject_inf and infinite.any():
             raise NonFiniteError(np.flatnonzero(infinite))
@@ -374,7 +375,7 @@ def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None, *, rej
     if out is not None:
         out[...] = y
         return out
-    return y.astype(_out_dtype(x), copy=False)
+    return y.astype(affine_dtype(x), copy=False)
 
 
 def invert_affine(y: np.ndarray, p: Affine) -> np.ndarray:
@@ -384,7 +385,7 @@ def invert_affine(y: np.ndarray, p: Affine) -> np.ndarray:
     zero = p.scale == 0
     if zero.any():
         x = np.where(zero & ~np.isnan(np.asarray(y, dtype=np.float64)), p.center, x)
-    return x.astype(_out_dtype(np.asarray(y)), copy=False)
+    return x.astype(affine_dtype(np.asarray(y)), copy=False)
 
 
 @dataclass(frozen=True, eq=False)

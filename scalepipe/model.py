@@ -25,7 +25,7 @@ from . import artifact
 from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
 from .maps import AffineMap, BatchMap, KeyMap
-from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, scaler_from_dict
+from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, affine_dtype, scaler_from_dict
 from .exact import ExactSums, from_lists, to_lists
 from .stats import ExactMoments, Moments, NonFiniteError, merge, merge_all
 from .views import View, view_of
@@ -283,7 +283,14 @@ class Model:
         return self.rules.params(self._inference_moments())
 
 
-    def transform(self, data: Any, *, feature_names: Sequence[Any] | None = None, stats: str | None = None) -> Any:
+    def transform(
+        self,
+        data: Any,
+        *,
+        feature_names: Sequence[Any] | None = None,
+        stats: str | None = None,
+        out: np.ndarray | None = None,
+    ) -> Any:
         """Scale ``data``; returns the same kind (lazy for Dask input).
 
         Parameters
@@ -300,17 +307,30 @@ class Model:
             ``"batch"``: scale each batch (``batch_rows`` rows of each
             partition) with its own statistics, as batch normalization does in
             training.
+        out : ndarray, optional
+            Where to write the result, for a 2-D numpy ``data`` scaled with
+            fixed parameters (not ``stats="batch"``, not the key scope): an
+            array of ``data``'s shape and of the dtype the result would have
+            (``data``'s float dtype, float64 for integers). Reusing one buffer
+            spares allocating (and page-faulting) a new array per call; ``out``
+            may be ``data`` itself to scale in place. Returned.
 
         Raises
         ------
         ColumnError
             A fitted column is missing or not numeric.
+        ParameterError
+            ``out`` does not fit ``data`` or this model.
         """
         if stats not in (None, "batch"):
             raise ParameterError("stats", f"{stats!r} is not None or 'batch'")
         view = view_of(data, feature_names, self.meta.get("reduce_dims"))
         fn = BatchMap(self.rules, self.scope.batch_rows) if stats == "batch" else self._map(inverse=False)
-        return view.transform(self.feature_names, fn)
+        if out is None:
+            return view.transform(self.feature_names, fn)
+        _check_out(out, data, fn)
+        view.positions(self.feature_names)
+        return view.map_features(self.feature_names, fn, out=out)
 
     def inverse_transform(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Any:
         """Undo :meth:`transform` (a feature scaled to a constant maps back to its center)."""
@@ -598,6 +618,20 @@ def _read_tables(path: Path, ref: dict[str, str]) -> dict[str, np.ndarray]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_out(out: Any, data: Any, fn: Any) -> None:
+    """``out`` must be a writeable array that :meth:`Model.transform` can fill for ``data``."""
+    if not (isinstance(data, np.ndarray) and data.ndim == 2 and isinstance(fn, AffineMap)):
+        raise ParameterError(
+            "out", "is only for a 2-D numpy array scaled with fixed parameters (not stats='batch' or the key scope)"
+        )
+    want = affine_dtype(data)
+    if not isinstance(out, np.ndarray) or out.shape != data.shape or out.dtype != want:
+        shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", type(out).__name__)
+        raise ParameterError("out", f"must be an array of shape {data.shape} and dtype {want}, got {shape} {dtype}")
+    if not out.flags.writeable:
+        raise ParameterError("out", "is read-only")
 
 
 def _as_scalers(scalers: Sequence[Scaler | dict[str, Any]] | None) -> list[Scaler]:

@@ -19,10 +19,10 @@ import numpy as np
 from dask.delayed import Delayed
 
 from .batches import batch_moments
-from .frames import float_values
+from .frames import column_blocks, float_values, map_columns
 from .groups import KeyTable, key_moments, merge_all_tables
 from .maps import ValueMap
-from .stats import ExactMoments, Moments, chunk_moments, merge_all, tree_reduce
+from .stats import ExactMoments, Moments, chunk_moments, join_features, merge_all, tree_reduce
 
 __all__ = [
     "frame_key_moments",
@@ -64,7 +64,14 @@ def compute(*lazy: Delayed) -> tuple[Any, ...]:
 
 
 def _frame_block_moments(df: Any, columns: list[str], exact: bool) -> Moments | ExactMoments:
-    return chunk_moments(float_values(df, columns), columns, exact)
+    if not columns:
+        return chunk_moments(np.empty((len(df), 0)), columns, exact)
+    return join_features(
+        [
+            (positions, chunk_moments(values, [columns[p] for p in positions], exact))
+            for positions, values in column_blocks(df, columns)
+        ]
+    )
 
 
 def frame_moments(frame: Any, columns: Sequence[str], exact: bool = False) -> Delayed:
@@ -152,10 +159,7 @@ def array_moments(x: Any, reduce_axes: Sequence[int], names: np.ndarray, exact: 
 
 
 def _frame_block_transform(df: Any, columns: list[str], fn: ValueMap) -> Any:
-    from .frames import replace_columns
-
-    values = float_values(df, columns)
-    return replace_columns(df, columns, fn(values, np.arange(len(columns)), df))
+    return map_columns(df, columns, fn)
 
 
 def transform_frame(frame: Any, columns: Sequence[str], fn: ValueMap) -> Any:

@@ -33,6 +33,7 @@ __all__ = [
     "ExactMoments",
     "Moments",
     "NonFiniteError",
+    "join_features",
     "array_moments",
     "chunk_moments",
     "merge",
@@ -407,6 +408,19 @@ def merge(a: Moments | ExactMoments, b: Moments | ExactMoments) -> Moments | Exa
         mean_lo=mean_lo,
         m2=m2,
     )
+
+
+def join_features(parts: Sequence[tuple[np.ndarray, Moments | ExactMoments]]) -> Moments | ExactMoments:
+    """Statistics of disjoint feature blocks, ``(positions, statistics)`` each, in position order.
+
+    The blocks together must cover positions ``0 .. n-1`` once each.
+    """
+    if len(parts) == 1:
+        positions, moments = parts[0]
+        if np.array_equal(positions, np.arange(len(positions))):
+            return moments
+    order = np.argsort(np.concatenate([positions for positions, _ in parts]), kind="stable")
+    return type(parts[0][1]).concat([m for _, m in parts]).take(order)
 
 
 def merge_all(parts: Sequence[Moments]) -> Moments:

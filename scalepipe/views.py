@@ -19,8 +19,8 @@ import numpy as np
 
 from .batches import batch_moments
 from .errors import ColumnError, DataError
-from .maps import ValueMap
-from .stats import array_moments
+from .maps import ValueMap, on_threads
+from .stats import array_moments, join_features
 
 __all__ = ["View", "view_of"]
 
@@ -115,9 +115,17 @@ class FrameView(View):
             from . import reduce
 
             return reduce.frame_moments(self.frame, names, exact)
-        from .frames import float_values
+        from .frames import column_blocks
 
-        return array_moments(float_values(self.frame, names), list(names), exact=exact)
+        names = list(names)
+        if not names:
+            return array_moments(np.empty((len(self.frame), 0)), names, exact=exact)
+        return join_features(
+            [
+                (positions, array_moments(values, [names[p] for p in positions], exact=exact))
+                for positions, values in column_blocks(self.frame, names)
+            ]
+        )
 
     def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         self.positions(names)
@@ -150,10 +158,9 @@ class FrameView(View):
             from . import reduce
 
             return reduce.transform_frame(self.frame, names, fn)
-        from .frames import float_values, replace_columns
+        from .frames import map_columns
 
-        values = float_values(self.frame, names)
-        return replace_columns(self.frame, names, fn(values, np.arange(len(names)), self.frame))
+        return map_columns(self.frame, list(names), on_threads(fn))
 
 
 class ArrayView(View):
@@ -209,8 +216,11 @@ class ArrayView(View):
         self.positions(names)
         return self.map_features(names, fn)
 
-    def map_features(self, names: Sequence[Any], fn: ValueMap) -> Any:
-        """Map with ``fn``; features not in ``names`` pass through (positions -1)."""
+    def map_features(self, names: Sequence[Any], fn: ValueMap, out: np.ndarray | None = None) -> Any:
+        """Map with ``fn``; features not in ``names`` pass through (positions -1).
+
+        ``out``: where to write an in-memory 2-D result (``fn`` an :class:`~scalepipe.maps.AffineMap`).
+        """
         index = {n: i for i, n in enumerate(names)}
         positions = np.array([index.get(n, -1) for n in self.names], dtype=np.int64).reshape(self.feature_shape)
         if self._dask:
@@ -218,7 +228,9 @@ class ArrayView(View):
 
             return reduce.transform_array(self.data, self.reduce_axes, fn, positions)
         perm = self.reduce_axes + self.other_axes
-        out = fn(self._flat(), positions.ravel(), None)
+        if out is not None:
+            return on_threads(fn)(self.data, positions.ravel(), None, out)
+        out = on_threads(fn)(self._flat(), positions.ravel(), None)
         shaped = out.reshape(tuple(self.data.shape[a] for a in perm))
         return np.transpose(shaped, np.argsort(perm))
 

@@ -280,3 +280,63 @@ def test_xarray_3d_uneven_chunks(client):
         axis=-1,
     )
     np.testing.assert_allclose(out.values, expected, rtol=1e-12, atol=1e-12)
+
+
+def _numpy_reference(model, x):
+    """The model's transform with the pure numpy kernels, in one block (no threads)."""
+    import os
+
+    from scalepipe.methods import apply_affine
+
+    os.environ["SCALEPIPE_NO_NUMBA"] = "1"
+    try:
+        return apply_affine(x, model.params)
+    finally:
+        del os.environ["SCALEPIPE_NO_NUMBA"]
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64"])
+def test_threaded_transform_and_out_are_bit_identical(layout, dtype):
+    """Row blocks on threads (300k x 16 is two blocks), with or without ``out``,
+    in place or not, give exactly the one-block numpy result."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((300_000, 16)) * 100).astype(dtype)
+    x = np.asfortranarray(x) if layout == "F" else x
+    model = sp.fit(x, [sp.ZScore(list(range(6))), sp.MinMax(list(range(6, 12)), clip=True), sp.Decimal()])
+    ref = _numpy_reference(model, x)
+    got = model.transform(x)
+    assert got.dtype == ref.dtype and np.array_equal(got, ref)
+    out = np.full_like(ref, np.nan)
+    assert model.transform(x, out=out) is out and np.array_equal(out, ref)
+    if dtype != "int64":
+        y = x.copy(order="K")
+        model.transform(y, out=y)
+        assert np.array_equal(y, ref)
+
+
+def test_threaded_transform_names_an_inf_in_a_later_block():
+    x = np.ones((300_000, 16))
+    x[290_000, 7] = np.inf
+    model = sp.fit(np.random.default_rng(0).standard_normal((100, 16)))
+    with pytest.raises(DataError, match="'7'|7"):
+        model.transform(x)
+
+
+def test_transform_out_refused_where_it_cannot_apply():
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    model = sp.fit(x)
+    for bad, message in [
+        (np.empty((50, 2)), "shape"),
+        (np.empty((50, 3), dtype=np.float32), "dtype"),
+        (np.empty((50, 3)).__array__(), None),
+    ]:
+        if message is None:
+            bad.flags.writeable = False
+            message = "read-only"
+        with pytest.raises(ParameterError, match=message):
+            model.transform(x, out=bad)
+    with pytest.raises(ParameterError, match="2-D numpy"):
+        model.transform(pd.DataFrame(x, columns=["0", "1", "2"]), out=np.empty((50, 3)))
+    with pytest.raises(ParameterError, match="2-D numpy"):
+        sp.fit(x, scope="partition").transform(x, stats="batch", out=np.empty((50, 3)))
