@@ -378,6 +378,35 @@ def test_write_table_round_trip_with_manifest(tmp_path, client):
     assert meta.row_group(0).column(0).compression == "SNAPPY"
 
 
+def test_written_parquet_equals_arrow_from_pandas(tmp_path, sync):
+    """What write_table stores is what ``pa.Table.from_pandas`` makes of each
+    partition: NaN as null in every float column that holds one, the same
+    types and values, whether or not a column holds a NaN; every file carries
+    the pandas metadata of the frame's meta, so all partitions carry the same."""
+    rng = np.random.default_rng(5)
+    n = 1000
+    expected = pd.DataFrame(
+        {
+            "clean64": rng.standard_normal(n),
+            "nan64": np.where(rng.random(n) < 0.1, np.nan, rng.standard_normal(n)),
+            "clean32": rng.standard_normal(n).astype(np.float32),
+            "nan32": np.where(rng.random(n) < 0.1, np.nan, rng.standard_normal(n)).astype(np.float32),
+            "ints": rng.integers(0, 9, n),
+            "nullable": pd.array(np.where(rng.random(n) < 0.1, None, rng.integers(0, 9, n)), dtype="Int64"),
+            "text": rng.choice(["a", "b", None], n),
+        }
+    )
+    frame = dd.from_pandas(expected, npartitions=2, sort=False)
+    write_table(frame, str(tmp_path / "out"), "parquet")
+    written = pq.read_table(tmp_path / "out" / "part.00000.parquet")
+    schema = pa.Schema.from_pandas(frame._meta, preserve_index=False)
+    reference = pa.Table.from_pandas(expected.iloc[:500], schema=schema, preserve_index=False)
+    assert written.equals(reference)
+    assert written.schema.equals(schema, check_metadata=True)
+    assert written.column("nan64").null_count == int(expected["nan64"].iloc[:500].isna().sum()) > 0
+    assert written.column("clean64").null_count == 0
+
+
 def test_write_csv_round_trip(tmp_path, client):
     expected = make_frame(0, 90)
     manifest = write_table(dd.from_pandas(expected, npartitions=3), str(tmp_path / "o"), "csv")
