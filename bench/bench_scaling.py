@@ -327,8 +327,11 @@ def scheduler(kind: str) -> Iterator[Any]:
             host="127.0.0.1", dashboard_address=None,
         )
     elif kind == "lc_threads":
-        # no host: an in-process cluster talks over inproc://, which host="127.0.0.1" breaks
-        cluster = LocalCluster(n_workers=1, threads_per_worker=CORES, processes=False, dashboard_address=None)
+        # scalepipe's embedded default (ClusterConfig()); no host: an in-process
+        # cluster talks over inproc://, which host="127.0.0.1" breaks
+        cluster = LocalCluster(
+            n_workers=CORES, threads_per_worker=1, processes=False, memory_limit="4GiB", dashboard_address=None
+        )
     else:
         raise ValueError(kind)
     with cluster, Client(cluster) as client:
@@ -338,7 +341,7 @@ def scheduler(kind: str) -> Iterator[Any]:
 SCHEDULER_LABEL = {
     "threads": "threaded scheduler",
     "lc_procs": f"LocalCluster {CORES} procs x 1 thread",
-    "lc_threads": f"LocalCluster(processes=False) 1 x {CORES} threads",
+    "lc_threads": f"LocalCluster(processes=False) {CORES} x 1 thread (the embedded default)",
 }
 
 
@@ -720,6 +723,15 @@ def _sp_transform_mem(ctx: Ctx) -> dict[str, Any]:
     return {"m": m}
 
 
+@case("sp_transform_mem_out", "transform in memory", "scalepipe model.transform(numpy, out=buffer)", floor="np_copyto", floor2="np_copy")
+def _sp_transform_mem_out(ctx: Ctx) -> dict[str, Any]:
+    x = ctx.load_x()
+    model = _fitted(ctx, x)
+    out = np.ones_like(x)
+    m = measure(lambda: (model.transform(x, feature_names=ctx.names, out=out), None)[1], ctx.repeat)
+    return {"m": m}
+
+
 @case("numpy_outofplace_mem", "transform in memory", "numpy (x - mean) / std, out of place", floor="np_copyto", floor2="np_copy")
 def _numpy_oop(ctx: Ctx) -> dict[str, Any]:
     x = ctx.load_x()
@@ -1068,7 +1080,7 @@ ORDER = [
     "pyarrow_read", "sp_fit_parquet_threads", "sp_fit_parquet_lc_procs", "sp_fit_parquet_lc_threads", "sp_fit_parquet_exact_threads",
     "sp_fit_parquet_quarter_threads", "sp_fit_parquet_quarter_lc_procs",
     "dask_dataframe_parquet", "dask_ml_3_parquet", "polars_parquet",
-    "np_copyto", "np_copy", "sp_transform_mem", "numpy_outofplace_mem", "sklearn_transform_mem", "dask_ml_transform_mem",
+    "np_copyto", "np_copy", "sp_transform_mem", "sp_transform_mem_out", "numpy_outofplace_mem", "sklearn_transform_mem", "dask_ml_transform_mem",
     "pyarrow_copy", "pyarrow_copy_durable", "sp_transform_parquet_threads", "sp_transform_parquet_lc_procs",
     "sp_transform_parquet_lc_threads", "polars_zscore_sink", "dask_dataframe_transform",
 ]

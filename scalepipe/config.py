@@ -114,7 +114,11 @@ class ClusterConfig(BaseModel):
     n_workers, threads_per_worker, processes, memory_limit, dashboard_address
         ``LocalCluster`` settings; ``memory_limit`` is a size (``"4GiB"``,
         ``"500MB"``), a number of bytes, or ``"auto"``; a ``None`` dashboard
-        address disables the dashboard.
+        address disables the dashboard. ``processes`` is false by default:
+        the workers are threads of the scalepipe process (on 2 cores they
+        fitted and wrote Parquet as fast or faster than 2 worker processes,
+        with less memory; see ``bench/``); true starts worker processes, which
+        a nanny restarts after a crash or an out-of-memory kill.
     security
         TLS settings, or ``None``.
     jobqueue
@@ -127,7 +131,7 @@ class ClusterConfig(BaseModel):
     address: NonEmptyStr | None = None
     n_workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(1, ge=1)
-    processes: bool = True
+    processes: bool = False
     memory_limit: str | int = "4GiB"
     dashboard_address: str | None = "127.0.0.1:0"
     security: SecurityConfig | None = None

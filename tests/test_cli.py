@@ -1,8 +1,7 @@
 """The ``scalepipe`` command in real subprocesses (``python -m scalepipe``), on the embedded cluster.
 
 Each job starts its own embedded ``LocalCluster``, as a user's does: with worker
-processes for the quickstart and where a test is about them, with worker threads
-elsewhere (no worker imports: the suite stays quick). Expected values are
+threads (the default), and with worker processes where a test is about them. Expected values are
 computed with numpy (and exact rationals for the means) from the files the
 test wrote, never with scalepipe's own kernels; where a test compares with the
 Python API it says so.

@@ -232,7 +232,7 @@ def test_a_lost_scheduler_ends_the_run_quickly_and_a_rerun_matches(faulty, data,
 
 
 def test_sigint_stops_the_embedded_cluster_and_writes_nothing(data, tmp_path):
-    job = write_job(tmp_path / "job.yaml", data, tmp_path / "out", tmp_path / "stats.json")
+    job = write_job(tmp_path / "job.yaml", data, tmp_path / "out", tmp_path / "stats.json", processes=True)
     before = snapshot(tmp_path / "out", tmp_path / "stats.json")
     proc = start_cli("run", str(job), cwd=tmp_path)
     lines: list[str] = []
