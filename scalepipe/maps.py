@@ -13,15 +13,21 @@ plain process, in Dask tasks, and (later) on Spark executors.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from .batches import scale_batches
-from .methods import _AFFINE_FIELDS, Affine, RuleSet, affine_dtype, apply_affine, invert_affine
-from .stats import BLOCK_VALUES, NonFiniteError
+from .methods import (
+    _AFFINE_FIELDS,
+    Affine,
+    RuleSet,
+    affine_dtype,
+    apply_affine,
+    invert_affine,
+)
+from .stats import NonFiniteError, block_rows, on_row_blocks
 
 __all__ = ["AffineMap", "BatchMap", "KeyMap", "ValueMap", "on_threads", "params_at"]
 
@@ -85,13 +91,10 @@ class ThreadedMap:
     ) -> np.ndarray:
         if out is None:
             out = np.empty_like(values, dtype=affine_dtype(values))
-        rows = max(1024, (16 * BLOCK_VALUES) // max(values.shape[1], 1))
+        rows = block_rows(values.shape[1])
         if len(values) <= rows:
             return self.fn(values, positions, part, out)
-        starts = range(0, len(values), rows)
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            # list(): the first failing block's error (in row order) is raised here
-            list(pool.map(lambda a: self.fn(values[a : a + rows], positions, None, out[a : a + rows]), starts))
+        on_row_blocks(lambda a: self.fn(values[a : a + rows], positions, None, out[a : a + rows]), len(values), rows, self.threads)
         return out
 
 

@@ -19,6 +19,7 @@ process, and (later) on Spark executors.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -33,9 +34,9 @@ __all__ = [
     "ExactMoments",
     "Moments",
     "NonFiniteError",
-    "join_features",
     "array_moments",
     "chunk_moments",
+    "join_features",
     "merge",
     "merge_all",
     "tree_reduce",
@@ -363,20 +364,34 @@ def array_moments(
     names : sequence, optional
         Feature names for error messages.
     threads : int, optional
-        Worker threads (default: the CPU count).
+        Worker threads (default: the CPUs this process may use).
     exact : bool
         Also accumulate exact sums (:class:`ExactMoments`).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     n, f = np.shape(x)
-    rows = max(1024, (16 * BLOCK_VALUES) // max(f, 1))
+    rows = block_rows(f)
     if n <= rows:
         return chunk_moments(x, names, exact)
-    pieces = [x[i : i + rows] for i in range(0, n, rows)]
+    return merge_all(on_row_blocks(lambda a: chunk_moments(x[a : a + rows], names, exact), n, rows, threads))
+
+
+def block_rows(n_features: int) -> int:
+    """Rows per block when in-memory data is split for threads (a few MB of values)."""
+    return max(1024, (16 * BLOCK_VALUES) // max(n_features, 1))
+
+
+def on_row_blocks(fn: Callable[[int], T], n_rows: int, rows: int, threads: int | None = None) -> list[T]:
+    """``fn(start)`` for each block of ``rows`` rows, on threads; the results in row order.
+
+    ``threads`` defaults to the CPUs this process may use. The first failing
+    block's error (in row order) is raised.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(pool.map(lambda piece: chunk_moments(piece, names, exact), pieces))
-    return merge_all(parts)
+        return list(pool.map(fn, range(0, n_rows, rows)))
 
 
 def merge(a: Moments | ExactMoments, b: Moments | ExactMoments) -> Moments | ExactMoments:
