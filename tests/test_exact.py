@@ -265,6 +265,123 @@ def test_numba_reads_float32_in_place(monkeypatch):
     check_against_reference(x[:200].astype(np.float64))
 
 
+def _row_groups_block(seed: int) -> np.ndarray:
+    """A C-order block wider than a feature group of the numba row path: in
+    each group and lane, features on the fast path sit beside features on the
+    general path (subnormals, +-1e300, spans past 75 bits), all-NaN and zero
+    features, and features that switch path from lane to lane."""
+    rng = np.random.default_rng(seed)
+    lane = _exact_numba.BLOCK
+    n = 2 * lane + 3
+    edges = _fast_path_edges(seed)[:n]
+    special = np.column_stack(
+        [
+            np.full(n, np.nan),
+            np.zeros(n),
+            rng.standard_normal(n) * 1e-310,
+            rng.standard_normal(n) * 1e300,
+            rng.integers(-(2**53), 2**53, n).astype(np.float64),
+            rng.permutation(np.resize([1e300, -1e300, 5e-324, 1.0, np.nan, -0.0], n)),
+        ]
+    )
+    cols = np.concatenate([edges, special, edges * -3.0, special[:, ::-1]], axis=1)
+    cols = cols[:, rng.permutation(cols.shape[1])]
+    width = _exact_numba._GROUP + 9
+    x = np.concatenate([cols] * -(-width // cols.shape[1]), axis=1)[:, :width]
+    x[rng.random(x.shape) < 0.03] = np.nan
+    return np.ascontiguousarray(x)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
+@pytest.mark.parametrize("seed", [0, 1])
+def test_numba_row_path_identical(seed, monkeypatch):
+    """C-order blocks are read in place across the features; whatever mixes of
+    paths share a lane, the limbs equal the numpy kernel's and the column-major
+    path's, and Fraction's sums."""
+    x = _row_groups_block(seed)
+    lane = _exact_numba.BLOCK
+    group = _exact_numba._GROUP
+    blocks = [x, x[:1], x[:0], x[lane - 2 : lane + 5], x[:, : group - 1], x[:, group - 3 :], x[5:6, 7:9]]
+    for block in blocks:
+        monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+        want = chunk_exact_sums(block)
+        monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
+        assert chunk_exact_sums(block).identical(want), block.shape
+        assert chunk_exact_sums(np.asfortranarray(block)).identical(want), block.shape
+    if seed == 0:
+        check_against_reference(x[: lane + 9])
+        check_against_reference(x[-1:])
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
+@pytest.mark.parametrize("f", [1, 5, 16, 64])
+def test_numba_row_path_keeps_digit_sums_across_blocks(f, monkeypatch):
+    """The row path keeps each feature's digit sums over many blocks while its
+    grids hold: the scale stepping up and down within and across blocks, the
+    grids of larger values kept until a block's smallest value no longer fits
+    them, large digits of one sign over more rows than are kept at once, a
+    feature leaving the fast path for one block, all-NaN and zero stretches,
+    and a ragged last block."""
+    rng = np.random.default_rng(f)
+    n = 5 * _exact_numba._PENDING_ROWS + 7
+    x = rng.standard_normal((n, f)) * np.resize([1.0, 3.0, 1e-5, 1e8], f)
+    step = max(1, _exact_numba._LANE_VALUES // f // 3)
+    x *= np.exp2((np.arange(n) // step) % 5 - 2.0)[:, None]  # the top exponent moves every third of a block
+    x[: n // 2, 0] *= 1000.0
+    x[n // 2 + 2 * _exact_numba._PENDING_ROWS :: 97, 0] = 2.0**-15  # fits its own grids, not those of 1000
+    if f > 1:
+        x[:, 1] = 2.0 - 2.0**-20  # digits near 2**25 units, all positive
+    if f > 2:
+        x[n // 2, 2] = 1e-300  # one block on the general path
+    if f > 3:
+        x[: 3 * step, 3] = np.nan
+        x[5 * step : 6 * step, 3] = 0.0
+    x[rng.random(x.shape) < 0.01] = np.nan
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+    want = chunk_exact_sums(x)
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
+    assert chunk_exact_sums(x).identical(want)
+    assert chunk_exact_sums(np.asfortranarray(x)).identical(want)
+    if f == 5:
+        check_against_reference(x)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
+def test_numba_row_path_float32_and_ints(monkeypatch):
+    """float32 (read in place) and integers (converted) on the row path, with
+    fast and general features side by side; the sums are Fraction's."""
+    rng = np.random.default_rng(11)
+    n = _exact_numba.BLOCK + 17
+    scales = np.array([1.0, 1e30, 1e-30, 1e37, 1e-40, 3.0, 1e4])
+    x32 = (rng.standard_normal((n, 70)) * np.resize(scales, 70)).astype(np.float32)
+    x32[:, 5] = np.float32(1e-45)  # the smallest float32 subnormal
+    x32[:, 6] += np.float32(1e4)
+    x32[rng.random(x32.shape) < 0.05] = np.nan
+    x32[::9, 3] = np.float32(1e-38)  # a general-path feature in some lanes only
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+    want = chunk_exact_sums(x32.astype(np.float64))
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
+    assert chunk_exact_sums(x32).identical(want)
+    check_against_reference(x32[:, :9].astype(np.float64))
+    ints = rng.integers(-(2**62), 2**62, (n, 66)) >> rng.integers(0, 62, 66)
+    ints[:, 0] = 0
+    check_against_reference(ints[:40, :8].astype(np.float64))
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+    want = chunk_exact_sums(ints)
+    monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
+    assert chunk_exact_sums(ints).identical(want)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
+def test_numba_row_path_inf_in_a_later_group():
+    x = np.ones((3 * _exact_numba.BLOCK, _exact_numba._GROUP + 6))
+    x[:, 1] = 1e-300  # general path before the inf
+    x[2 * _exact_numba.BLOCK + 4, _exact_numba._GROUP + 2] = np.inf
+    with pytest.raises(NonFiniteError) as info:
+        chunk_exact_sums(x)
+    assert info.value.positions == [_exact_numba._GROUP + 2]
+
+
 def _pieces(x: np.ndarray, n_pieces: int, seed: int) -> list[np.ndarray]:
     cuts = sorted(random.Random(seed).choices(range(x.shape[0] + 1), k=n_pieces - 1))
     return np.split(x, cuts)
