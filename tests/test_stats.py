@@ -145,7 +145,9 @@ def _column(kind: str, n: int, seed: int) -> np.ndarray:
     order_seed=st.integers(0, 2**32 - 1),
 )
 def test_chunking_and_merge_order_invariance(kind, n, seed, cuts, order_seed):
-    """Any row chunking, merged in any order, agrees to 1e-12 relative."""
+    """Any row chunking, merged in any order, agrees to 1e-12 relative (for the
+    mean, relative to its magnitude plus the standard deviation: a mean near
+    zero is as precise as the spread of the values it averages)."""
     x = np.column_stack([_column(kind, n, seed), _column("normal", n, seed + 1)])
     if np.isnan(x[:, 0]).all():
         x[0, 0] = 1.0
@@ -156,7 +158,8 @@ def test_chunking_and_merge_order_invariance(kind, n, seed, cuts, order_seed):
     merged = merge_all(parts)
     assert np.array_equal(merged.count, whole.count) and np.array_equal(merged.nan_count, whole.nan_count)
     assert np.array_equal(merged.min, whole.min) and np.array_equal(merged.max, whole.max)
-    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-12)
+    scale = np.abs(whole.mean) + np.nan_to_num(whole.std())
+    assert np.all(np.abs(merged.mean - whole.mean) <= 1e-12 * scale)
     np.testing.assert_allclose(merged.var(), whole.var(), rtol=1e-12, atol=1e-300)
 
 
