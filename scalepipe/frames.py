@@ -7,10 +7,12 @@ Dask orchestration, so both see a table the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+
+T = TypeVar("T")
 
 #: Dtypes the kernels read in place; other numeric columns are converted to float64.
 _READ_IN_PLACE = frozenset(np.dtype(t) for t in ("float64", "float32", "int64", "int32"))
@@ -49,6 +51,18 @@ def column_blocks(df: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple[np
         block = df[names]
         values = block.to_numpy() if dtype is not None else block.to_numpy(dtype=np.float64, na_value=np.nan)
         yield np.asarray(positions, dtype=np.int64), values
+
+
+def columns_moments(df: pd.DataFrame, columns: Sequence[str], moments_of: Callable[[np.ndarray, list], T]) -> T:
+    """``moments_of(values, names)`` of each block of :func:`column_blocks`, joined in column order."""
+    from .stats import join_features
+
+    columns = list(columns)
+    if not columns:
+        return moments_of(np.empty((len(df), 0)), [])
+    return join_features(
+        [(positions, moments_of(values, [columns[p] for p in positions])) for positions, values in column_blocks(df, columns)]
+    )
 
 
 def map_columns(

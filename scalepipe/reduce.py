@@ -19,10 +19,10 @@ import numpy as np
 from dask.delayed import Delayed
 
 from .batches import batch_moments
-from .frames import column_blocks, float_values, map_columns
+from .frames import columns_moments, float_values, map_columns
 from .groups import KeyTable, key_moments, merge_all_tables
 from .maps import ValueMap
-from .stats import ExactMoments, Moments, chunk_moments, join_features, merge_all, tree_reduce
+from .stats import ExactMoments, Moments, chunk_moments, merge_all, tree_reduce
 
 __all__ = [
     "frame_key_moments",
@@ -64,14 +64,7 @@ def compute(*lazy: Delayed) -> tuple[Any, ...]:
 
 
 def _frame_block_moments(df: Any, columns: list[str], exact: bool) -> Moments | ExactMoments:
-    if not columns:
-        return chunk_moments(np.empty((len(df), 0)), columns, exact)
-    return join_features(
-        [
-            (positions, chunk_moments(values, [columns[p] for p in positions], exact))
-            for positions, values in column_blocks(df, columns)
-        ]
-    )
+    return columns_moments(df, columns, lambda values, names: chunk_moments(values, names, exact))
 
 
 def frame_moments(frame: Any, columns: Sequence[str], exact: bool = False) -> Delayed:

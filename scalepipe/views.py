@@ -20,7 +20,7 @@ import numpy as np
 from .batches import batch_moments
 from .errors import ColumnError, DataError
 from .maps import ValueMap, on_threads
-from .stats import array_moments, join_features
+from .stats import array_moments
 
 __all__ = ["View", "view_of"]
 
@@ -115,17 +115,9 @@ class FrameView(View):
             from . import reduce
 
             return reduce.frame_moments(self.frame, names, exact)
-        from .frames import column_blocks
+        from .frames import columns_moments
 
-        names = list(names)
-        if not names:
-            return array_moments(np.empty((len(self.frame), 0)), names, exact=exact)
-        return join_features(
-            [
-                (positions, array_moments(values, [names[p] for p in positions], exact=exact))
-                for positions, values in column_blocks(self.frame, names)
-            ]
-        )
+        return columns_moments(self.frame, names, lambda values, cols: array_moments(values, cols, exact=exact))
 
     def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         self.positions(names)
