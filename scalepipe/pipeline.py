@@ -131,7 +131,10 @@ def run_job(
     """
     from .cluster import open_cluster
 
+    from .report import check_profile, performance_report
+
     start = time.perf_counter()
+    check_profile(profile)
     _check_plan(cfg, writes_output=mode != "fit")
     if mode != "fit":
         _refuse_existing_output(cfg)
@@ -143,8 +146,6 @@ def run_job(
     cluster = open_cluster(
         cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path, partition_files=source.partition_files
     )
-    from .report import performance_report
-
     histograms = None
     with cluster, performance_report(profile):
         if mode == "transform" and previous is not None:

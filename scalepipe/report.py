@@ -384,6 +384,20 @@ def build_report_from_stats(stats_path: str | os.PathLike[str]) -> str:
     return render_report(model, hist, title=f"{Path(stats_path).name}: {model!r}", notes=notes)
 
 
+def check_profile(path: str | os.PathLike[str] | None) -> None:
+    """Refuse ``--profile`` before any work when bokeh, which Dask needs to draw it, is missing.
+
+    Raises
+    ------
+    ParameterError
+        ``path`` is given and bokeh is not installed.
+    """
+    import importlib.util
+
+    if path is not None and importlib.util.find_spec("bokeh") is None:
+        raise ParameterError("--profile", "Dask's performance report needs bokeh: pip install 'bokeh>=3.1'")
+
+
 @contextmanager
 def performance_report(path: str | os.PathLike[str] | None) -> Iterator[None]:
     """Keep Dask's own performance report of the block at ``path`` (``--profile``); no-op for ``None``.
@@ -398,10 +412,7 @@ def performance_report(path: str | os.PathLike[str] | None) -> Iterator[None]:
     if path is None:
         yield
         return
-    import importlib.util
-
-    if importlib.util.find_spec("bokeh") is None:
-        raise ParameterError("--profile", "Dask's performance report needs bokeh: pip install 'bokeh>=3.1'")
+    check_profile(path)
     from distributed import performance_report as dask_report
 
     with dask_report(filename=os.fspath(path)):

@@ -242,3 +242,21 @@ def test_profile_needs_bokeh_or_does_nothing(tmp_path):
         with pytest.raises(sp.ParameterError, match="bokeh"):
             with report.performance_report(tmp_path / "dask-report.html"):
                 pass
+
+
+def test_profile_without_bokeh_is_refused_before_any_work(tmp_path):
+    """``run --profile`` without bokeh fails at once: no cluster, no demo data, no output."""
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("bokeh") is not None:
+        pytest.skip("bokeh is installed")
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scalepipe", "run", str(config), "--profile", str(tmp_path / "p.html")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "--profile" in proc.stderr and "bokeh" in proc.stderr
+    assert "dashboard" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
