@@ -327,10 +327,11 @@ def scheduler(kind: str) -> Iterator[Any]:
             host="127.0.0.1", dashboard_address=None,
         )
     elif kind == "lc_threads":
-        # scalepipe's embedded default (ClusterConfig()); no host: an in-process
-        # cluster talks over inproc://, which host="127.0.0.1" breaks
+        # scalepipe's embedded default (ClusterConfig(): in-process workers get
+        # no memory limit); no host: an in-process cluster talks over inproc://,
+        # which host="127.0.0.1" breaks
         cluster = LocalCluster(
-            n_workers=CORES, threads_per_worker=1, processes=False, memory_limit="4GiB", dashboard_address=None
+            n_workers=CORES, threads_per_worker=1, processes=False, memory_limit=0, dashboard_address=None
         )
     else:
         raise ValueError(kind)

@@ -88,6 +88,13 @@ def _security(cfg: ClusterConfig) -> Any:
     )
 
 
+#: In-process workers get no memory limit: each would measure the whole
+#: scalepipe process against it and, once over, pause for good (nothing
+#: restarts a thread), so a job would hang; the partitions in flight bound their
+#: memory instead.
+_IN_PROCESS_LIMIT = 0
+
+
 def _start_local(cfg: ClusterConfig) -> Any:
     from distributed import LocalCluster
 
@@ -102,7 +109,7 @@ def _start_local(cfg: ClusterConfig) -> Any:
         n_workers=cfg.n_workers,
         threads_per_worker=cfg.threads_per_worker,
         processes=cfg.processes,
-        memory_limit=cfg.memory_limit,
+        memory_limit=cfg.memory_limit if cfg.processes else _IN_PROCESS_LIMIT,
         dashboard_address=cfg.dashboard_address,
         scheduler_kwargs=http,
         **where,
@@ -462,6 +469,8 @@ def open_cluster(
             raise ClusterError(f"the scheduler {where} failed while checking the workers: {_one_line(err)}") from err
         if cfg.dashboard_address is not None or address:
             echo(f"dashboard: {_dashboard_link(client, cluster)}")
+        if cluster is not None and cfg.kind == "local" and not cfg.processes and "memory_limit" in cfg.model_fields_set:
+            echo("warning: cluster.memory_limit applies to worker processes (processes: true); in-process workers are not limited")
         # The frame running the with block: this generator's, then
         # contextlib's __enter__, then the caller's.
         interrupt = _Interrupt(body=sys._getframe(2))

@@ -119,6 +119,9 @@ class ClusterConfig(BaseModel):
         fitted and wrote Parquet as fast or faster than 2 worker processes,
         with less memory; see ``bench/``); true starts worker processes, which
         a nanny restarts after a crash or an out-of-memory kill.
+        ``memory_limit`` applies to worker processes only: an in-process
+        worker would measure the whole scalepipe process against it and,
+        once over, pause for good.
     security
         TLS settings, or ``None``.
     jobqueue

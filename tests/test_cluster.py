@@ -399,3 +399,22 @@ def test_dask_scheduler_address_is_honoured(secure, tmp_path):
     with dask.config.set({"scheduler-address": cluster.address}):
         with open_cluster(cfg, input_path=str(tmp_path)) as client:
             assert client.scheduler.address == cluster.address
+
+
+def test_in_process_workers_are_not_memory_limited_and_say_so():
+    """With ``processes: false`` a limit would be measured against the whole
+    process, pausing the workers for good once exceeded: a job holding more
+    than the limit (here 64 MiB, far below what this process holds) still runs,
+    and an explicit limit is reported as not applied."""
+    lines: list[str] = []
+    cfg = ClusterConfig(n_workers=1, processes=False, memory_limit="64MiB", dashboard_address=None)
+    with open_cluster(cfg, echo=lines.append) as client:
+        limits = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
+        assert list(limits.values()) in ([None], [0])
+        ballast = np.ones(32 << 20)  # 256 MiB held by this process while the work runs
+        assert client.submit(lambda: 41 + 1).result(timeout=60) == 42
+        del ballast
+    assert any("memory_limit applies to worker processes" in line for line in lines)
+    with open_cluster(ClusterConfig(n_workers=1, processes=False, dashboard_address=None), echo=lines.append):
+        pass
+    assert sum("memory_limit" in line for line in lines) == 1  # the default limit is not worth a warning
