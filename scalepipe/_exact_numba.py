@@ -329,6 +329,34 @@ def _constant(ws: np.ndarray, q: int, j: int) -> float:
     return _from_bits(np.int64(ws[q * _GROUP + j]))
 
 
+@numba.njit(inline="always")
+def _digits(v, k0, k1, k2, k3, k4, k5, k6, k7) -> tuple:
+    """The eight digit bit patterns one value adds to the fast path's sums (NaN adds zeros).
+
+    ``v`` is split on the three grids of the constants ``k0``, ``k1``, ``k2``
+    (``v == da + db + dc``); ``k3`` .. ``k7`` receive the exact partial
+    products of ``v*v`` (see the module docstring).
+    """
+    v = v if v == v else 0.0
+    y = v + k0
+    da = y - k0
+    r = v - da
+    z = r + k1
+    db = z - k1
+    dc = r - db
+    da2 = da + da
+    return (
+        _ubits(y),
+        _ubits(z),
+        _ubits(dc + k2),
+        _ubits(_fma(da, da, k3)),
+        _ubits(_fma(da2, db, k4)),
+        _ubits(_fma(da2, dc, _fma(db, db, k5))),
+        _ubits(_fma(db + db, dc, k6)),
+        _ubits(_fma(dc, dc, k7)),
+    )
+
+
 @numba.njit(nogil=True, cache=True)
 def _fast_lane(lane: np.ndarray, ws: np.ndarray) -> None:
     """Fast path: sum the digits of a feature's block (see the module docstring) into ``ws[(8 + q) * _GROUP]``.
@@ -339,23 +367,15 @@ def _fast_lane(lane: np.ndarray, ws: np.ndarray) -> None:
     k4, k5, k6, k7 = _constant(ws, 4, 0), _constant(ws, 5, 0), _constant(ws, 6, 0), _constant(ws, 7, 0)
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.uint64(0)
     for i in range(lane.shape[0]):
-        v = np.float64(lane[i])
-        v = v if v == v else 0.0  # NaN adds nothing
-        y = v + k0
-        da = y - k0
-        r = v - da
-        z = r + k1
-        db = z - k1
-        dc = r - db  # v == da + db + dc, on the three grids
-        s0 += _ubits(y)
-        s1 += _ubits(z)
-        s2 += _ubits(dc + k2)
-        da2 = da + da
-        s3 += _ubits(_fma(da, da, k3))
-        s4 += _ubits(_fma(da2, db, k4))
-        s5 += _ubits(_fma(da2, dc, _fma(db, db, k5)))
-        s6 += _ubits(_fma(db + db, dc, k6))
-        s7 += _ubits(_fma(dc, dc, k7))
+        d0, d1, d2, d3, d4, d5, d6, d7 = _digits(np.float64(lane[i]), k0, k1, k2, k3, k4, k5, k6, k7)
+        s0 += d0
+        s1 += d1
+        s2 += d2
+        s3 += d3
+        s4 += d4
+        s5 += d5
+        s6 += d6
+        s7 += d7
     sums = (s0, s1, s2, s3, s4, s5, s6, s7)
     for q in range(8):
         ws[(8 + q) * _GROUP] = sums[q]
@@ -432,25 +452,25 @@ def _segment_digits(flat: np.ndarray, first: int, count: int, width: int, stride
             _prefetch(ahead + s * stride * size + b)
         seg = flat[first + s * stride : first + s * stride + width]
         for p in range(width):
-            v = np.float64(seg[p])
-            v = v if v == v else 0.0  # NaN adds nothing
-            k0 = _constant(ws, 0, p)
-            k1 = _constant(ws, 1, p)
-            y = v + k0
-            da = y - k0
-            r = v - da
-            z = r + k1
-            db = z - k1
-            dc = r - db  # v == da + db + dc, on the three grids
-            ws[8 * _GROUP + p] += _ubits(y)
-            ws[9 * _GROUP + p] += _ubits(z)
-            ws[10 * _GROUP + p] += _ubits(dc + _constant(ws, 2, p))
-            da2 = da + da
-            ws[11 * _GROUP + p] += _ubits(_fma(da, da, _constant(ws, 3, p)))
-            ws[12 * _GROUP + p] += _ubits(_fma(da2, db, _constant(ws, 4, p)))
-            ws[13 * _GROUP + p] += _ubits(_fma(da2, dc, _fma(db, db, _constant(ws, 5, p))))
-            ws[14 * _GROUP + p] += _ubits(_fma(db + db, dc, _constant(ws, 6, p)))
-            ws[15 * _GROUP + p] += _ubits(_fma(dc, dc, _constant(ws, 7, p)))
+            d0, d1, d2, d3, d4, d5, d6, d7 = _digits(
+                np.float64(seg[p]),
+                _constant(ws, 0, p),
+                _constant(ws, 1, p),
+                _constant(ws, 2, p),
+                _constant(ws, 3, p),
+                _constant(ws, 4, p),
+                _constant(ws, 5, p),
+                _constant(ws, 6, p),
+                _constant(ws, 7, p),
+            )
+            ws[8 * _GROUP + p] += d0
+            ws[9 * _GROUP + p] += d1
+            ws[10 * _GROUP + p] += d2
+            ws[11 * _GROUP + p] += d3
+            ws[12 * _GROUP + p] += d4
+            ws[13 * _GROUP + p] += d5
+            ws[14 * _GROUP + p] += d6
+            ws[15 * _GROUP + p] += d7
 
 
 @numba.njit(nogil=True, cache=True)

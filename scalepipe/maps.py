@@ -84,7 +84,6 @@ class ThreadedMap:
     """
 
     fn: AffineMap
-    threads: int | None = None
 
     def __call__(
         self, values: np.ndarray, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
@@ -94,7 +93,7 @@ class ThreadedMap:
         rows = block_rows(values.shape[1])
         if len(values) <= rows:
             return self.fn(values, positions, part, out)
-        on_row_blocks(lambda a: self.fn(values[a : a + rows], positions, None, out[a : a + rows]), len(values), rows, self.threads)
+        on_row_blocks(lambda a: self.fn(values[a : a + rows], positions, None, out[a : a + rows]), len(values), rows)
         return out
 
 

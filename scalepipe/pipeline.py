@@ -130,7 +130,6 @@ def run_job(
     200000
     """
     from .cluster import open_cluster
-
     from .report import check_profile, performance_report
 
     start = time.perf_counter()
