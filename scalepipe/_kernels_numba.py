@@ -2,8 +2,9 @@
 
 Each kernel does in one sweep over a block what the numpy versions in
 :mod:`scalepipe.stats` and :mod:`scalepipe.methods` do in several, reading the
-caller's array in place whatever its layout and real dtype (no float64 copy).
-They release the GIL, so Dask's threads run them in parallel. The numpy
+caller's array in place whatever its layout and real dtype (no float64 copy),
+and a table's columns where they lie (pandas' blocks, Arrow's buffers). They
+release the GIL, so Dask's threads run them in parallel. The numpy
 versions stay the fallback and the test reference.
 
 The statistics take one sweep per sub-block of :data:`ROWS` rows: deviations
@@ -21,6 +22,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 #: Rows per sub-block: the unit of Chan's merge, of a re-sweep when needed and
 #: of the transposition of a column-major block (its tile stays in the L1/L2 cache).
@@ -30,6 +34,31 @@ ROWS = 512
 #: factor ``1 + SHIFT_BOUND`` over the rounding of a two-pass sum.
 SHIFT_BOUND = 4.0
 _SPLIT = 134217729.0  # 2**27 + 1
+
+def _loader(value_type: ir.Type, widen: str | None):
+    """An intrinsic reading the value of ``value_type`` at an address (an int64) as a float64.
+
+    ``widen`` is the LLVM conversion to double (``fpext``, ``sitofp``), None
+    for a double. The address must be aligned for the type.
+    """
+
+    @intrinsic
+    def load(typingctx, address):
+        sig = types.float64(types.int64)
+
+        def codegen(context, builder, signature, args):
+            value = builder.load(builder.inttoptr(args[0], value_type.as_pointer()))
+            return value if widen is None else getattr(builder, widen)(value, ir.DoubleType())
+
+        return sig, codegen
+
+    return load
+
+
+_load_f64 = _loader(ir.DoubleType(), None)
+_load_f32 = _loader(ir.FloatType(), "fpext")
+_load_i64 = _loader(ir.IntType(64), "sitofp")
+_load_i32 = _loader(ir.IntType(32), "sitofp")
 
 
 @numba.njit(inline="always")
@@ -147,22 +176,9 @@ def _sub_block(block, rows, state) -> None:
         count[j] += cj
 
 
-@numba.njit(nogil=True, cache=True)
-def moments(x: np.ndarray, rows_first: bool) -> tuple:
-    """Count, NaN count, min, max, mean, mean residual, m2 and an inf flag per column.
-
-    Per sub-block of :data:`ROWS` rows, one sweep gives each column's count,
-    min, max and the sums ``d`` of the deviations ``e = x - pivot`` and ``q``
-    of ``e*e``, the pivot being the previous sub-block's mean (the first
-    value for the first one). A column whose sub-block mean lies too far from
-    its pivot for ``q - d**2/n`` to be accurate (:data:`SHIFT_BOUND`), or whose
-    sums overflowed, is swept again about its own float mean, from the cache.
-    Sub-blocks merge with Chan's update, the mean as a double-double and
-    ``m2`` with a compensated sum. Without ``rows_first`` (a column-major
-    array) each sub-block is first transposed into a row-major tile, so both
-    layouts run the same sweep and give identical results.
-    """
-    n, f = x.shape
+@numba.njit(inline="always")
+def _new_state(f: int) -> tuple:
+    """The running statistics of :func:`_sub_block` for ``f`` columns."""
     count = np.zeros(f, np.int64)
     nan_count = np.zeros(f, np.int64)
     lo = np.full(f, np.nan)
@@ -178,21 +194,72 @@ def moments(x: np.ndarray, rows_first: bool) -> tuple:
     q = np.zeros(f)
     mn = np.zeros(f)
     mx = np.zeros(f)
-    state = (count, nan_count, lo, hi, mean, mean_lo, m2, m2_lo, bad, pivot, c, d, q, mn, mx)
-    if rows_first:
-        for start in range(0, n, ROWS):
-            _sub_block(x[start : start + ROWS], min(ROWS, n - start), state)
-    else:
-        tile = np.empty((min(ROWS, n), f), x.dtype)
-        for start in range(0, n, ROWS):
-            rows = min(ROWS, n - start)
-            for i in range(rows):
-                for j in range(f):
-                    tile[i, j] = x[start + i, j]
-            _sub_block(tile, rows, state)
-    for j in range(f):
+    return (count, nan_count, lo, hi, mean, mean_lo, m2, m2_lo, bad, pivot, c, d, q, mn, mx)
+
+
+@numba.njit(inline="always")
+def _result(state: tuple) -> tuple:
+    """The kernels' return value from the state: ``m2`` with its compensation added."""
+    count, nan_count, lo, hi, mean, mean_lo, m2, m2_lo, bad = state[:9]
+    for j in range(m2.shape[0]):
         m2[j], m2_lo[j] = _two_sum(m2[j], m2_lo[j])
     return count, nan_count, lo, hi, mean, mean_lo, m2, bad
+
+
+@numba.njit(nogil=True, cache=True)
+def moments(x: np.ndarray) -> tuple:
+    """Count, NaN count, min, max, mean, mean residual, m2 and an inf flag per column of a row-major ``x``.
+
+    Per sub-block of :data:`ROWS` rows, one sweep gives each column's count,
+    min, max and the sums ``d`` of the deviations ``e = x - pivot`` and ``q``
+    of ``e*e``, the pivot being the previous sub-block's mean (the first
+    value for the first one). A column whose sub-block mean lies too far from
+    its pivot for ``q - d**2/n`` to be accurate (:data:`SHIFT_BOUND`), or whose
+    sums overflowed, is swept again about its own float mean, from the cache.
+    Sub-blocks merge with Chan's update, the mean as a double-double and
+    ``m2`` with a compensated sum. Other layouts go through
+    :func:`column_moments`, which gives identical results.
+    """
+    n, f = x.shape
+    state = _new_state(f)
+    for start in range(0, n, ROWS):
+        _sub_block(x[start : start + ROWS], min(ROWS, n - start), state)
+    return _result(state)
+
+
+@numba.njit(nogil=True, cache=True)
+def column_moments(addresses: np.ndarray, strides: np.ndarray, codes: np.ndarray, n: int) -> tuple:
+    """:func:`moments` of ``n`` rows of columns given by where their values are.
+
+    Column ``j``'s value ``i`` is at ``addresses[j] + i * strides[j]`` (bytes),
+    of the dtype ``stats.KERNEL_DTYPES[codes[j]]``; the caller keeps the memory
+    alive and aligned. Each sub-block is copied into a float64 row-major tile
+    (in the cache) and swept as :func:`moments` sweeps a row-major array, so
+    the columns need not share a dtype or a buffer (pandas' and Arrow's
+    columns are read in place) and the results equal :func:`moments`' on the
+    same values, bit for bit.
+    """
+    f = addresses.shape[0]
+    state = _new_state(f)
+    tile = np.empty((min(ROWS, n), f))
+    for start in range(0, n, ROWS):
+        rows = min(ROWS, n - start)
+        for j in range(f):
+            a, s, code = addresses[j] + start * strides[j], strides[j], codes[j]
+            if code == 0:
+                for i in range(rows):
+                    tile[i, j] = _load_f64(a + i * s)
+            elif code == 1:
+                for i in range(rows):
+                    tile[i, j] = _load_f32(a + i * s)
+            elif code == 2:
+                for i in range(rows):
+                    tile[i, j] = _load_i64(a + i * s)
+            else:
+                for i in range(rows):
+                    tile[i, j] = _load_i32(a + i * s)
+        _sub_block(tile, rows, state)
+    return _result(state)
 
 
 @numba.njit(inline="always")

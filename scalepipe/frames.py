@@ -7,15 +7,18 @@ Dask orchestration, so both see a table the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-T = TypeVar("T")
+from .errors import ColumnError
+from .stats import KERNEL_DTYPES, Columns
 
-#: Dtypes the kernels read in place; other numeric columns are converted to float64.
-_READ_IN_PLACE = frozenset(np.dtype(t) for t in ("float64", "float32", "int64", "int32"))
+
+def _in_place(dtype: object) -> bool:
+    """Whether the kernels read a column of this dtype in place (else it becomes float64)."""
+    return isinstance(dtype, np.dtype) and dtype in KERNEL_DTYPES
 
 
 def is_numeric(dtype: object) -> bool:
@@ -34,6 +37,32 @@ def float_values(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     return df[list(columns)].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+def _column(df: pd.DataFrame, name: object) -> pd.Series:
+    column = df[name]
+    if isinstance(column, pd.DataFrame):
+        raise ColumnError(
+            f"column {name!r} appears {column.shape[1]} times in the frame; column names must be unique"
+        )
+    return column
+
+
+def column_arrays(df: pd.DataFrame, columns: Sequence[object]) -> Columns:
+    """The columns as :class:`~scalepipe.stats.Columns`, for the statistics kernels.
+
+    A column of a dtype the kernels read in place (float64, float32, int64,
+    int32) comes as a view of pandas' own storage (for a frame read from
+    Parquet, of Arrow's buffers), so no copy is made; the others (nullable,
+    small integers) as float64 with missing values as NaN. The caller's frame
+    is not modified.
+    """
+    arrays = []
+    for name in columns:
+        column = _column(df, name)
+        in_place = _in_place(column.dtype)
+        arrays.append(column.to_numpy() if in_place else column.to_numpy(dtype=np.float64, na_value=np.nan))
+    return Columns(arrays, len(df))
+
+
 def column_blocks(df: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The columns as 2-D blocks (rows x columns) of one dtype each, with their positions in ``columns``.
 
@@ -44,25 +73,13 @@ def column_blocks(df: pd.DataFrame, columns: Sequence[str]) -> Iterator[tuple[np
     """
     groups: dict[np.dtype | None, list[int]] = {}
     for i, c in enumerate(columns):
-        dtype = df[c].dtype
-        groups.setdefault(dtype if dtype in _READ_IN_PLACE else None, []).append(i)
+        dtype = _column(df, c).dtype
+        groups.setdefault(dtype if _in_place(dtype) else None, []).append(i)
     for dtype, positions in groups.items():
         names = [columns[i] for i in positions]
         block = df[names]
         values = block.to_numpy() if dtype is not None else block.to_numpy(dtype=np.float64, na_value=np.nan)
         yield np.asarray(positions, dtype=np.int64), values
-
-
-def columns_moments(df: pd.DataFrame, columns: Sequence[str], moments_of: Callable[[np.ndarray, list], T]) -> T:
-    """``moments_of(values, names)`` of each block of :func:`column_blocks`, joined in column order."""
-    from .stats import join_features
-
-    columns = list(columns)
-    if not columns:
-        return moments_of(np.empty((len(df), 0)), [])
-    return join_features(
-        [(positions, moments_of(values, [columns[p] for p in positions])) for positions, values in column_blocks(df, columns)]
-    )
 
 
 def map_columns(

@@ -401,7 +401,7 @@ def _read_parquet_part(
             table = pf.read_row_groups(list(row_groups), columns=wanted, use_pandas_metadata=True)
         else:
             table = pf.read(columns=wanted, use_pandas_metadata=True)
-        df = table.to_pandas()
+        df = table.to_pandas(split_blocks=True)  # Arrow's buffers, not a consolidated copy
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"Parquet file {path!r} cannot be read: {exc}") from exc
     return _conform(df, meta, wanted)

@@ -19,7 +19,7 @@ import numpy as np
 from dask.delayed import Delayed
 
 from .batches import batch_moments
-from .frames import columns_moments, float_values, map_columns
+from .frames import column_arrays, float_values, map_columns
 from .groups import KeyTable, key_moments, merge_all_tables
 from .maps import ValueMap
 from .stats import ExactMoments, Moments, chunk_moments, merge_all, tree_reduce
@@ -64,7 +64,7 @@ def compute(*lazy: Delayed) -> tuple[Any, ...]:
 
 
 def _frame_block_moments(df: Any, columns: list[str], exact: bool) -> Moments | ExactMoments:
-    return columns_moments(df, columns, lambda values, names: chunk_moments(values, names, exact))
+    return chunk_moments(column_arrays(df, columns), columns, exact)
 
 
 def frame_moments(frame: Any, columns: Sequence[str], exact: bool = False) -> Delayed:

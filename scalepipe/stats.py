@@ -31,12 +31,13 @@ from .errors import DataError
 from .exact import ExactSums, chunk_exact_sums, exact_mean_m2, merge_exact
 
 __all__ = [
+    "KERNEL_DTYPES",
+    "Columns",
     "ExactMoments",
     "Moments",
     "NonFiniteError",
     "array_moments",
     "chunk_moments",
-    "join_features",
     "merge",
     "merge_all",
     "tree_reduce",
@@ -50,6 +51,10 @@ BLOCK_VALUES = 1 << 18
 
 #: Moments merged per node of the reduction tree.
 SPLIT_EVERY = 8
+
+#: The dtypes the numba kernels read in place (others are converted to
+#: float64 first); a column's position here is its code for the kernels.
+KERNEL_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.int32))
 
 
 class NonFiniteError(DataError):
@@ -233,6 +238,82 @@ class ExactMoments:
         return cls(Moments.concat([p.moments for p in parts]), ExactSums.concat([p.sums for p in parts]))
 
 
+class Columns:
+    """Equal-length 1-D columns, read as one block of rows x features.
+
+    A table's columns live in separate buffers (pandas' blocks, Arrow's
+    arrays), often of several dtypes; the statistics kernels read them where
+    they are instead of copying them into one 2-D array first.
+
+    Parameters
+    ----------
+    arrays
+        1-D arrays of a real numeric dtype, all of one length. Those of a
+        dtype in :data:`KERNEL_DTYPES` are kept as given (views, no copy);
+        others, and unaligned ones, are converted to float64.
+    n_rows
+        The number of rows; needed only when there are no columns.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cols = Columns([np.arange(3.0), np.arange(3, dtype=np.float32)])
+    >>> cols.shape, chunk_moments(cols).mean.tolist()
+    ((3, 2), [1.0, 1.0])
+    """
+
+    __slots__ = ("arrays", "n_rows")
+
+    def __init__(self, arrays: Sequence[np.ndarray], n_rows: int | None = None) -> None:
+        kept = []
+        for a in arrays:
+            a = np.asarray(a)
+            if a.ndim != 1:
+                raise DataError(f"a column must be 1-D, got shape {a.shape}")
+            if a.dtype.kind not in "fiub":
+                raise DataError(f"expected numeric data, got dtype {a.dtype}")
+            kept.append(a if a.dtype in KERNEL_DTYPES and a.flags.aligned else a.astype(np.float64))
+        lengths = {len(a) for a in kept}
+        if n_rows is not None:
+            lengths.add(n_rows)
+        if len(lengths) != 1:
+            raise DataError(f"columns of different lengths: {sorted(lengths)}")
+        self.arrays: tuple[np.ndarray, ...] = tuple(kept)
+        self.n_rows: int = lengths.pop()
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Columns:
+        """The columns of a 2-D array, as views."""
+        return cls([x[:, j] for j in range(x.shape[1])], x.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(n_rows, n_columns)``."""
+        return self.n_rows, len(self.arrays)
+
+    def __getitem__(self, rows: slice) -> Columns:
+        """The rows ``rows`` of every column (views)."""
+        n = len(range(*rows.indices(self.n_rows)))
+        return Columns([a[rows] for a in self.arrays], n)
+
+    def stacked(self) -> np.ndarray:
+        """One float64, column-contiguous ``(n_rows, n_columns)`` copy."""
+        out = np.empty((len(self.arrays), self.n_rows))
+        for row, a in zip(out, self.arrays, strict=True):
+            row[:] = a
+        return out.T
+
+    def pointers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each column's address, stride (bytes) and dtype code, as the kernels read them.
+
+        Valid while the columns are alive.
+        """
+        addresses = np.array([a.__array_interface__["data"][0] for a in self.arrays], dtype=np.int64)
+        strides = np.array([a.strides[0] for a in self.arrays], dtype=np.int64)
+        codes = np.array([KERNEL_DTYPES.index(a.dtype) for a in self.arrays], dtype=np.int64)
+        return addresses, strides, codes
+
+
 def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Knuth's error-free sum: ``s + e == a + b`` exactly, ``s = fl(a + b)``."""
     s = a + b
@@ -294,14 +375,16 @@ def _block_moments(x: np.ndarray) -> Moments:
     return Moments(count, nan_count, lo, hi, absmax, mean, mean_lo, np.maximum(m2, 0.0))
 
 
-def chunk_moments(block: object, names: Sequence[object] | None = None, exact: bool = False) -> Moments | ExactMoments:
+def chunk_moments(
+    block: object, names: Sequence[object] | None = None, exact: bool = False
+) -> Moments | ExactMoments:
     """Statistics of a 2-D block (rows x features), accumulated in float64.
 
     Parameters
     ----------
-    block : array_like, shape (n_rows, n_features)
-        Any real numeric dtype (float32, float64, integers, booleans). NaN is
-        missing data and is skipped.
+    block : array_like, shape (n_rows, n_features), or Columns
+        Any real numeric dtype (float32, float64, integers, booleans), or a
+        table's columns (:class:`Columns`). NaN is missing data and is skipped.
     names : sequence, optional
         The features' names, used to name the columns in errors.
     exact : bool
@@ -310,7 +393,8 @@ def chunk_moments(block: object, names: Sequence[object] | None = None, exact: b
     Returns
     -------
     Moments or ExactMoments
-        One value per feature, shape ``(n_features,)``.
+        One value per feature, shape ``(n_features,)``; the same for the same
+        values whatever their layout or dtype mix (bit for bit).
 
     Raises
     ------
@@ -324,7 +408,10 @@ def chunk_moments(block: object, names: Sequence[object] | None = None, exact: b
     [2.0, 3.0]
     """
     kernels = numba_kernels("_kernels_numba")
-    x = _as_real_2d(block) if kernels is not None else _as_float64_columns(block)
+    if isinstance(block, Columns):
+        x = block if kernels is not None else block.stacked()
+    else:
+        x = _as_real_2d(block) if kernels is not None else _as_float64_columns(block)
     n, f = x.shape
     if n == 0:
         return ExactMoments(Moments.empty(f), ExactSums.empty(f)) if exact else Moments.empty(f)
@@ -332,7 +419,13 @@ def chunk_moments(block: object, names: Sequence[object] | None = None, exact: b
         moments = _fused_moments(kernels, x) if kernels is not None else _numpy_moments(x)
     except NonFiniteError as err:
         raise (err.named(names) if names is not None else err) from None
-    return ExactMoments(moments, chunk_exact_sums(x)) if exact else moments
+    return ExactMoments(moments, _exact_sums(x)) if exact else moments
+
+
+def _exact_sums(x: np.ndarray | Columns) -> ExactSums:
+    if isinstance(x, Columns):
+        return ExactSums.concat([chunk_exact_sums(a[:, None]) for a in x.arrays])
+    return chunk_exact_sums(x)
 
 
 def _numpy_moments(x: np.ndarray) -> Moments:
@@ -342,8 +435,14 @@ def _numpy_moments(x: np.ndarray) -> Moments:
     return merge_all([_block_moments(x[i : i + rows]) for i in range(0, len(x), rows)])
 
 
-def _fused_moments(kernels: Any, x: np.ndarray) -> Moments:
-    count, nan_count, lo, hi, mean, mean_lo, m2, bad = kernels.moments(x, bool(x.flags.c_contiguous))
+def _fused_moments(kernels: Any, x: np.ndarray | Columns) -> Moments:
+    """The numba kernel's statistics: a row-major array in place, anything else by its columns."""
+    if isinstance(x, np.ndarray) and x.flags.c_contiguous:
+        result = kernels.moments(x)
+    else:
+        columns = x if isinstance(x, Columns) else Columns.of(x)
+        result = kernels.column_moments(*columns.pointers(), columns.n_rows)
+    count, nan_count, lo, hi, mean, mean_lo, m2, bad = result
     if bad.any():
         raise NonFiniteError(np.flatnonzero(bad))
     absmax = np.fmax(np.abs(lo), np.abs(hi))
@@ -351,16 +450,19 @@ def _fused_moments(kernels: Any, x: np.ndarray) -> Moments:
 
 
 def array_moments(
-    x: np.ndarray, names: Sequence[object] | None = None, threads: int | None = None, exact: bool = False
+    x: np.ndarray | Columns,
+    names: Sequence[object] | None = None,
+    threads: int | None = None,
+    exact: bool = False,
 ) -> Moments | ExactMoments:
-    """Statistics of an in-memory 2-D array, its row blocks computed on threads.
+    """Statistics of an in-memory 2-D array (or a table's :class:`Columns`), its row blocks on threads.
 
-    The blocks and the merge tree depend only on the array's shape, so the
-    result does not depend on the number of threads.
+    The blocks and the merge tree depend only on the shape, so the result
+    does not depend on the number of threads.
 
     Parameters
     ----------
-    x : ndarray, shape (n_rows, n_features)
+    x : ndarray, shape (n_rows, n_features), or Columns
     names : sequence, optional
         Feature names for error messages.
     threads : int, optional
@@ -368,7 +470,7 @@ def array_moments(
     exact : bool
         Also accumulate exact sums (:class:`ExactMoments`).
     """
-    n, f = np.shape(x)
+    n, f = x.shape if isinstance(x, Columns) else np.shape(x)
     rows = block_rows(f)
     if n <= rows:
         return chunk_moments(x, names, exact)
@@ -423,19 +525,6 @@ def merge(a: Moments | ExactMoments, b: Moments | ExactMoments) -> Moments | Exa
         mean_lo=mean_lo,
         m2=m2,
     )
-
-
-def join_features(parts: Sequence[tuple[np.ndarray, Moments | ExactMoments]]) -> Moments | ExactMoments:
-    """Statistics of disjoint feature blocks, ``(positions, statistics)`` each, in position order.
-
-    The blocks together must cover positions ``0 .. n-1`` once each.
-    """
-    if len(parts) == 1:
-        positions, moments = parts[0]
-        if np.array_equal(positions, np.arange(len(positions))):
-            return moments
-    order = np.argsort(np.concatenate([positions for positions, _ in parts]), kind="stable")
-    return type(parts[0][1]).concat([m for _, m in parts]).take(order)
 
 
 def merge_all(parts: Sequence[Moments]) -> Moments:

@@ -115,9 +115,9 @@ class FrameView(View):
             from . import reduce
 
             return reduce.frame_moments(self.frame, names, exact)
-        from .frames import columns_moments
+        from .frames import column_arrays
 
-        return columns_moments(self.frame, names, lambda values, cols: array_moments(values, cols, exact=exact))
+        return array_moments(column_arrays(self.frame, names), list(names), exact=exact)
 
     def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         self.positions(names)
