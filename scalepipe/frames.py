@@ -95,11 +95,13 @@ def map_columns(
         out = fn(values, positions, df)
         for k, p in enumerate(positions):
             scaled[columns[p]] = out[:, k]
-    data = {
-        c: (scaled[c].astype(output_dtype(df[c].dtype), copy=False) if c in scaled else df[c])
-        for c in df.columns
+    data = {  # by position: a column passed through may share its name with another
+        i: (scaled[c].astype(output_dtype(df[c].dtype), copy=False) if c in scaled else df.iloc[:, i])
+        for i, c in enumerate(df.columns)
     }
-    return pd.DataFrame(data, index=df.index, columns=df.columns, copy=False)
+    out = pd.DataFrame(data, index=df.index, copy=False)
+    out.columns = df.columns
+    return out
 
 
 def output_dtype(dtype: object) -> np.dtype:

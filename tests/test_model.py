@@ -163,6 +163,20 @@ def test_non_numeric_fitted_column_at_transform():
         model.transform(df.assign(offset="x"))
 
 
+def test_repeated_column_names():
+    """A repeated name cannot be fitted (which column?) and is refused by name; one
+    that is only passed through keeps both columns, in place."""
+    df = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [0.0, 1.0, 5.0], "c": [7.0, 8.0, 9.0]})
+    df.columns = ["a", "b", "a"]
+    with pytest.raises(ColumnError, match="column 'a' appears 2 times"):
+        sp.fit(df)
+    out = sp.fit(df[["b"]], [sp.MinMax(["b"])]).transform(df)
+    assert list(out.columns) == ["a", "b", "a"]
+    np.testing.assert_array_equal(out.iloc[:, 0], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(out.iloc[:, 1], [0.0, 0.2, 1.0])
+    np.testing.assert_array_equal(out.iloc[:, 2], [7.0, 8.0, 9.0])
+
+
 def test_rule_naming_string_column():
     with pytest.raises(ColumnError, match=r"scalers\[0\] \(zscore\): column 'id' has dtype .* not numeric"):
         sp.fit(mixed_frame(50), [sp.ZScore(["id"])])
