@@ -152,15 +152,23 @@ def _intrinsic_fn(builder: ir.IRBuilder, name: str) -> ir.Function:
     return cgutils.get_or_insert_function(builder.module, fnty, name)
 
 
-@intrinsic
-def _larger(typingctx, m, a):
-    """``max(m, a)``, where a NaN ``a`` leaves ``m`` (``llvm.maxnum``: vectorises)."""
-    sig = types.float64(types.float64, types.float64)
+def _nan_skipping(name: str):
+    """An intrinsic ``op(m, a)`` calling ``llvm.<name>.f64``, where a NaN ``a`` leaves ``m`` (vectorises)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.call(_intrinsic_fn(builder, "llvm.maxnum.f64"), args)
+    @intrinsic
+    def op(typingctx, m, a):
+        sig = types.float64(types.float64, types.float64)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            return builder.call(_intrinsic_fn(builder, f"llvm.{name}.f64"), args)
+
+        return sig, codegen
+
+    return op
+
+
+_larger = _nan_skipping("maxnum")  # max(m, a)
+_smaller = _nan_skipping("minnum")  # min(m, a)
 
 
 @intrinsic
@@ -382,18 +390,27 @@ def _fast_lane(lane: np.ndarray, ws: np.ndarray) -> None:
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_lane(lane: np.ndarray, c: int, ws: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray) -> bool:
+def _add_lane(
+    lane: np.ndarray, c: int, ws: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray, extremes: np.ndarray
+) -> bool:
     """Add a feature's block (contiguous, at most :data:`BLOCK` rows); False if it holds an inf.
 
     The first sweep finds the largest ``|x|`` and the smallest nonzero ``|x|``
-    (as bits: NaN is neither, an inf is the largest) and so the path.
+    (as bits: NaN is neither, an inf is the largest) and so the path, and
+    the feature's extremes (see :func:`bucket_sums`).
     """
     top = np.int64(0)
     bottom = np.int64(_NO_BITS)
+    lo, hi, nans = extremes[0, c], extremes[1, c], 0
     for i in range(lane.shape[0]):
-        a = _bits(np.float64(lane[i])) & _ABS_MASK
+        v = np.float64(lane[i])
+        a = _bits(v) & _ABS_MASK
         top = max(top, a if a <= _INF_BITS else 0)
         bottom = min(bottom, a if a != 0 else _NO_BITS)  # NaN's bits exceed a finite value's
+        lo = _smaller(lo, v)
+        hi = _larger(hi, v)
+        nans += v != v
+    extremes[0, c], extremes[1, c], extremes[2, c] = lo, hi, extremes[2, c] + nans
     path, t = _path(top, bottom)
     if path == _FAST:
         _set_constants(t, ws, 0, 1, 1)
@@ -417,21 +434,29 @@ def _aligned_zeros(n: int) -> np.ndarray:
 
 @numba.njit(nogil=True, cache=True)
 def _segment_ranges(flat: np.ndarray, first: int, count: int, width: int, stride: int, tb: np.ndarray) -> None:
-    """Largest ``|x|`` (``tb[p]``) and smallest nonzero ``|x|`` (``tb[_GROUP + p]``) per position ``p``.
+    """Per position ``p``: largest ``|x|`` (``tb[p]``), smallest nonzero ``|x|``, min, max and NaN count.
 
-    Over the ``count`` segments ``flat[first + s * stride :][:width]``; NaN
-    is neither. ``llvm.maxnum``/``minnum`` keep the loop over a segment
-    vectorised (a select on the stored value becomes a masked store).
+    The last four at ``tb[k * _GROUP + p]``, ``k = 1 .. 4``. Over the
+    ``count`` segments ``flat[first + s * stride :][:width]``; NaN is none
+    of the first four. ``llvm.maxnum``/``minnum`` keep the loop over a
+    segment vectorised (a select on the stored value becomes a masked store).
     """
     for p in range(width):
         tb[p] = 0.0
         tb[_GROUP + p] = np.inf
+        tb[2 * _GROUP + p] = np.inf
+        tb[3 * _GROUP + p] = -np.inf
+        tb[4 * _GROUP + p] = 0.0
     for s in range(count):
         seg = flat[first + s * stride : first + s * stride + width]
         for p in range(width):
-            a = abs(np.float64(seg[p]))
+            v = np.float64(seg[p])
+            a = abs(v)
             tb[p] = _larger(tb[p], a)
             tb[_GROUP + p] = _smaller_nonzero(tb[_GROUP + p], a)
+            tb[2 * _GROUP + p] = _smaller(tb[2 * _GROUP + p], v)
+            tb[3 * _GROUP + p] = _larger(tb[3 * _GROUP + p], v)
+            tb[4 * _GROUP + p] += v != v
 
 
 @numba.njit(nogil=True, cache=True)
@@ -494,7 +519,7 @@ def _add_pending(
 
 
 @numba.njit(nogil=True, cache=True)
-def _row_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray) -> bool:
+def _row_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray, extremes: np.ndarray) -> bool:
     """Add every value of a C-contiguous (rows, features) ``x``; False if it holds an inf.
 
     Read in place, a row segment at a time across the features, in blocks of
@@ -518,7 +543,7 @@ def _row_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray)
     flat = x.reshape(-1)
     groups = -(-f // _GROUP)
     work = _aligned_zeros(groups * 16 * _GROUP)
-    tb = _aligned_zeros(2 * _GROUP).view(np.float64)
+    tb = _aligned_zeros(5 * _GROUP).view(np.float64)
     paths = np.empty(_GROUP, np.int64)
     pending = np.zeros(f, np.int64)  # rows in a feature's digit sums
     tops = np.full(f, _NO_GRIDS, np.int64)  # the T of its constants in the work array
@@ -543,6 +568,9 @@ def _row_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray)
                 for r in range(m):
                     top = max(top, tb[r * w + j])
                     bottom = min(bottom, tb[_GROUP + r * w + j])
+                    extremes[0, c] = _smaller(extremes[0, c], tb[2 * _GROUP + r * w + j])
+                    extremes[1, c] = _larger(extremes[1, c], tb[3 * _GROUP + r * w + j])
+                    extremes[2, c] += tb[4 * _GROUP + r * w + j]
                 path, t = _path(_bits(top), _bits(bottom))
                 if path == _FAST and t < tops[c] and _fits(tops[c], _bits(bottom)):
                     t = tops[c]  # the grids in place hold this block too
@@ -572,22 +600,29 @@ def _row_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray)
 
 
 @numba.njit(nogil=True, cache=True)
-def _column_sums(flat: np.ndarray, stride: int, n: int, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray) -> bool:
+def _column_sums(
+    flat: np.ndarray, stride: int, n: int, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray, extremes: np.ndarray
+) -> bool:
     """Add every value of the columns ``flat[j * stride : j * stride + n]``; False if one holds an inf."""
     ws = np.zeros(16 * _GROUP, np.uint64)
     for j in range(b1.shape[0]):
         for start in range(0, n, BLOCK):
             lane = flat[j * stride + start : j * stride + min(start + BLOCK, n)]
-            if not _add_lane(lane, j, ws, b1, b2, ranges):
+            if not _add_lane(lane, j, ws, b1, b2, ranges, extremes):
                 return False
     return True
 
 
-def bucket_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray) -> tuple[int, int, int, int] | None:
+def bucket_sums(
+    x: np.ndarray, b1: np.ndarray, b2: np.ndarray, extremes: np.ndarray
+) -> tuple[int, int, int, int] | None:
     """Add every value of the float64 or float32 block ``x`` to the buckets.
 
     Returns the ranges of bucket positions touched, ``(lo1, hi1, lo2, hi2)``
-    (``hi`` exclusive), or None when ``x`` holds an inf.
+    (``hi`` exclusive), or None when ``x`` holds an inf. ``extremes``, float64
+    of shape ``(3, n_features)`` starting at ``inf``, ``-inf`` and 0, receives
+    each feature's min and max (NaN skipped; a zero of either sign) and its
+    NaN count, from the sweep that finds the ranges.
     """
     ranges = np.array([1 << 30, 0, 1 << 30, 0], np.int64)
     n, f = x.shape
@@ -598,9 +633,9 @@ def bucket_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray) -> tuple[int, int
         # stride, and reads as contiguous lanes.
         stride = x.strides[1] // size
         flat = np.lib.stride_tricks.as_strided(x, ((f - 1) * stride + n,), (size,), writeable=False)
-        ok = _column_sums(flat, stride, n, b1, b2, ranges)
+        ok = _column_sums(flat, stride, n, b1, b2, ranges, extremes)
     else:
-        ok = _row_sums(np.ascontiguousarray(x), b1, b2, ranges)
+        ok = _row_sums(np.ascontiguousarray(x), b1, b2, ranges, extremes)
     if not ok:
         return None
     lo1, hi1, lo2, hi2 = (int(v) for v in ranges)

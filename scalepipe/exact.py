@@ -54,6 +54,8 @@ __all__ = [
     "S2_EXP",
     "S2_LIMBS",
     "ExactSums",
+    "Extremes",
+    "chunk_exact",
     "chunk_exact_sums",
     "exact_mean_m2",
     "from_lists",
@@ -159,6 +161,36 @@ class ExactSums:
     def identical(self, other: ExactSums) -> bool:
         """Whether both hold the same sums (canonical limbs make this bitwise)."""
         return np.array_equal(self.s1, other.s1) and np.array_equal(self.s2, other.s2)
+
+
+@dataclass(frozen=True, eq=False)
+class Extremes:
+    """A block's count, NaN count, min and max per feature, from the exact kernel's sweep.
+
+    ``min``/``max`` are NaN where a feature has no value; a zero extreme is
+    ``+0.0`` (its sign would depend on row order), as in
+    :class:`~scalepipe.stats.Moments`.
+    """
+
+    count: np.ndarray
+    nan_count: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+
+    @classmethod
+    def of(cls, n_rows: int, raw: np.ndarray) -> Extremes:
+        """From the kernels' ``(3, n_features)`` array of min, max (infinite where empty) and NaN count."""
+        nan_count = raw[2].astype(np.int64)
+        count = n_rows - nan_count
+        empty = count == 0
+        lo = np.where(empty, np.nan, raw[0]) + 0.0
+        hi = np.where(empty, np.nan, raw[1]) + 0.0
+        return cls(count, nan_count, lo, hi)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Extremes]) -> Extremes:
+        """Join the extremes of disjoint feature sets."""
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("count", "nan_count", "min", "max")))
 
 
 def _normalised(limbs: np.ndarray) -> np.ndarray:
@@ -338,7 +370,7 @@ def _numba_kernel() -> ModuleType | None:
     return numba_kernels("_exact_numba")
 
 
-def _chunk_limbs(x: np.ndarray) -> ExactSums:
+def _chunk_limbs(x: np.ndarray) -> tuple[ExactSums, np.ndarray]:
     n, f = x.shape
     b1 = np.zeros((f, _S1_POSITIONS), np.int64)
     b2 = np.zeros((f, _S2_POSITIONS), np.int64)
@@ -346,19 +378,30 @@ def _chunk_limbs(x: np.ndarray) -> ExactSums:
     if kernel is None:
         e_lo, e_hi = _bucket_sums(x, b1, b2)
         ranges = (e_lo, e_hi + 1 + _HALF_BITS, 2 * e_lo, 2 * e_hi + 1 + 3 * _HALF_BITS)
+        extremes = np.stack([np.fmin.reduce(x, axis=0), np.fmax.reduce(x, axis=0), np.isnan(x).sum(axis=0)])
     else:
-        ranges = kernel.bucket_sums(x, b1, b2)
+        extremes = np.zeros((3, f))
+        extremes[0], extremes[1] = np.inf, -np.inf
+        ranges = kernel.bucket_sums(x, b1, b2, extremes)
         if ranges is None:
             _raise_non_finite(x)
     lo1, hi1, lo2, hi2 = ranges
-    return ExactSums(
+    sums = ExactSums(
         _limbs_from_buckets(b1, lo1, hi1, S1_LIMBS),
         _limbs_from_buckets(b2, lo2, hi2, S2_LIMBS),
     )
+    return sums, extremes
 
 
-def chunk_exact_sums(x: np.ndarray) -> ExactSums:
-    """Exact ``sum(x)`` and ``sum(x*x)`` per column of a 2-D block, NaN skipped.
+def _merged_extremes(parts: Sequence[np.ndarray]) -> np.ndarray:
+    out = parts[0].copy()
+    for e in parts[1:]:
+        out[0], out[1], out[2] = np.fmin(out[0], e[0]), np.fmax(out[1], e[1]), out[2] + e[2]
+    return out
+
+
+def chunk_exact(x: np.ndarray) -> tuple[ExactSums, Extremes]:
+    """Exact ``sum(x)`` and ``sum(x*x)`` per column of a 2-D block, NaN skipped, and the rest of its statistics.
 
     Parameters
     ----------
@@ -370,9 +413,11 @@ def chunk_exact_sums(x: np.ndarray) -> ExactSums:
 
     Returns
     -------
-    ExactSums
+    sums : ExactSums
         Shape ``(n_features,)``; the same limbs for the same rows, whatever
         the layout or the kernel (numba or numpy).
+    extremes : Extremes
+        Each column's count, NaN count, min and max, found by the same sweep.
 
     Raises
     ------
@@ -382,9 +427,9 @@ def chunk_exact_sums(x: np.ndarray) -> ExactSums:
     Examples
     --------
     >>> import numpy as np
-    >>> s = chunk_exact_sums(np.array([[1e16, 1.0], [1.0, 2.0], [-1e16, 3.0]]))
-    >>> exact_mean_m2(s, np.array([3, 3]))[0].tolist()
-    [0.3333333333333333, 2.0]
+    >>> s, e = chunk_exact(np.array([[1e16, 1.0], [1.0, 2.0], [-1e16, 3.0]]))
+    >>> exact_mean_m2(s, e.count)[0].tolist(), e.max.tolist()
+    ([0.3333333333333333, 2.0], [1e+16, 3.0])
     """
     x = np.asarray(x)
     if x.ndim != 2:
@@ -396,10 +441,23 @@ def chunk_exact_sums(x: np.ndarray) -> ExactSums:
             x = x.astype(np.float64)  # the numba kernel widens float32 as it reads it
     n, f = x.shape
     if n == 0 or f == 0:
-        return ExactSums.empty(f)
-    if n <= _MAX_ROWS:
-        return _chunk_limbs(x)
-    return merge_exact_all([_chunk_limbs(x[i : i + _MAX_ROWS]) for i in range(0, n, _MAX_ROWS)])
+        return ExactSums.empty(f), Extremes.of(n, np.array([[np.inf] * f, [-np.inf] * f, [0.0] * f]))
+    parts = [_chunk_limbs(x[i : i + _MAX_ROWS]) for i in range(0, n, _MAX_ROWS)]
+    sums = parts[0][0] if len(parts) == 1 else merge_exact_all([p for p, _ in parts])
+    return sums, Extremes.of(n, _merged_extremes([e for _, e in parts]))
+
+
+def chunk_exact_sums(x: np.ndarray) -> ExactSums:
+    """The exact sums of :func:`chunk_exact` alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> s = chunk_exact_sums(np.array([[1e16, 1.0], [1.0, 2.0], [-1e16, 3.0]]))
+    >>> exact_mean_m2(s, np.array([3, 3]))[0].tolist()
+    [0.3333333333333333, 2.0]
+    """
+    return chunk_exact(x)[0]
 
 
 def _limbs_to_ints(limbs: np.ndarray) -> list[int]:

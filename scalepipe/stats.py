@@ -28,7 +28,7 @@ import numpy as np
 
 from ._accel import numba_kernels
 from .errors import DataError
-from .exact import ExactSums, chunk_exact_sums, exact_mean_m2, merge_exact
+from .exact import ExactSums, Extremes, chunk_exact, exact_mean_m2, merge_exact
 
 __all__ = [
     "KERNEL_DTYPES",
@@ -208,7 +208,9 @@ class ExactMoments:
 
     The exact sums of ``x`` and ``x*x`` merge by integer addition, so
     :meth:`finish` gives a correctly rounded mean and ``m2`` that are
-    bit-identical for any chunking, merge order or worker count.
+    bit-identical for any chunking, merge order or worker count. Until then
+    ``moments`` holds the counts and extremes; its ``mean``, ``mean_lo`` and
+    ``m2`` are NaN (a chunk's exact kernel does not compute them).
     """
 
     moments: Moments
@@ -416,16 +418,27 @@ def chunk_moments(
     if n == 0:
         return ExactMoments(Moments.empty(f), ExactSums.empty(f)) if exact else Moments.empty(f)
     try:
-        moments = _fused_moments(kernels, x) if kernels is not None else _numpy_moments(x)
+        if exact:
+            return _exact_moments(x)
+        return _fused_moments(kernels, x) if kernels is not None else _numpy_moments(x)
     except NonFiniteError as err:
         raise (err.named(names) if names is not None else err) from None
-    return ExactMoments(moments, _exact_sums(x)) if exact else moments
 
 
-def _exact_sums(x: np.ndarray | Columns) -> ExactSums:
+def _exact_moments(x: np.ndarray | Columns) -> ExactMoments:
+    """Exact sums and the extremes from the exact kernel alone (one sweep for everything)."""
     if isinstance(x, Columns):
-        return ExactSums.concat([chunk_exact_sums(a[:, None]) for a in x.arrays])
-    return chunk_exact_sums(x)
+        try:
+            parts = [chunk_exact(a[:, None]) for a in x.arrays]
+        except NonFiniteError:
+            raise NonFiniteError([j for j, a in enumerate(x.arrays) if np.isinf(a).any()]) from None
+        sums, ext = ExactSums.concat([s for s, _ in parts]), Extremes.concat([e for _, e in parts])
+    else:
+        sums, ext = chunk_exact(x)
+    unknown = np.full(ext.count.shape, np.nan)  # until ExactMoments.finish
+    absmax = np.fmax(np.abs(ext.min), np.abs(ext.max))
+    moments = Moments(ext.count, ext.nan_count, ext.min, ext.max, absmax, unknown, unknown.copy(), unknown.copy())
+    return ExactMoments(moments, sums)
 
 
 def _numpy_moments(x: np.ndarray) -> Moments:

@@ -520,3 +520,47 @@ def test_feature_shape_helpers():
     assert s.s1.shape == (6, S1_LIMBS) and s.s2.shape == (6, S2_LIMBS)
     with pytest.raises(ValueError):
         ExactSums(np.zeros((2, 3), np.int64), np.zeros((2, S2_LIMBS), np.int64))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.sampled_from([1, 3, 255, 257, 2049, 5000]),
+    f=st.sampled_from([1, 3, 17, 70]),
+    layout=st.sampled_from(["C", "F", "columns"]),
+    dtype=st.sampled_from(["float64", "float32"]),
+)
+def test_exact_mode_extremes_equal_the_moments_kernels(seed, n, f, layout, dtype):
+    """Exact mode takes count, NaN count, min, max and absmax from the exact
+    kernel's own sweep (no second kernel): they equal the moments kernel's, bit
+    for bit, with NaN, all-NaN columns, signed zeros and >64 columns (the C
+    sweep's feature groups), in any layout and with either kernel."""
+    from scalepipe.stats import Columns, chunk_moments
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, f)) * 10.0 ** rng.integers(-5, 12, f)).astype(dtype)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[:, 0] = np.nan  # no value at all
+    if f > 1:
+        x[:, 1] = rng.choice([-0.0, 0.0, np.nan], n)
+    block = np.asfortranarray(x) if layout == "F" else Columns.of(x) if layout == "columns" else x
+    for numpy_only in ("1", ""):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("SCALEPIPE_NO_NUMBA", numpy_only)
+            got = chunk_moments(block, exact=True)
+            ref = chunk_moments(x)
+        for field in ("count", "nan_count", "min", "max", "absmax"):
+            assert np.array_equal(getattr(got.moments, field), getattr(ref, field), equal_nan=True), field
+        assert not np.signbit(got.moments.min[1:2]).any() and not np.signbit(got.moments.max[1:2]).any()
+        assert np.isnan(got.moments.mean).all()  # until finish()
+        assert got.sums.identical(chunk_exact_sums(x))
+
+
+def test_exact_mode_names_every_infinite_column(kernel):
+    from scalepipe.stats import Columns, chunk_moments
+
+    x = np.ones((600, 4))
+    x[10, 1], x[599, 3] = np.inf, -np.inf
+    for block in (x, np.asfortranarray(x), Columns.of(x)):
+        with pytest.raises(NonFiniteError, match="columns 'b', 'd'"):
+            chunk_moments(block, ["a", "b", "c", "d"], exact=True)
