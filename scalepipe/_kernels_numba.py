@@ -177,6 +177,23 @@ def _sub_block(block, rows, state) -> None:
 
 
 @numba.njit(inline="always")
+def _gather(code: int, address: int, stride: int, rows: int, dest: np.ndarray) -> None:
+    """``dest[:rows]`` = the values at ``address + i * stride`` of the dtype ``code``, as float64."""
+    if code == 0:
+        for i in range(rows):
+            dest[i] = _load_f64(address + i * stride)
+    elif code == 1:
+        for i in range(rows):
+            dest[i] = _load_f32(address + i * stride)
+    elif code == 2:
+        for i in range(rows):
+            dest[i] = _load_i64(address + i * stride)
+    else:
+        for i in range(rows):
+            dest[i] = _load_i32(address + i * stride)
+
+
+@numba.njit(inline="always")
 def _new_state(f: int) -> tuple:
     """The running statistics of :func:`_sub_block` for ``f`` columns."""
     count = np.zeros(f, np.int64)
@@ -245,19 +262,7 @@ def column_moments(addresses: np.ndarray, strides: np.ndarray, codes: np.ndarray
     for start in range(0, n, ROWS):
         rows = min(ROWS, n - start)
         for j in range(f):
-            a, s, code = addresses[j] + start * strides[j], strides[j], codes[j]
-            if code == 0:
-                for i in range(rows):
-                    tile[i, j] = _load_f64(a + i * s)
-            elif code == 1:
-                for i in range(rows):
-                    tile[i, j] = _load_f32(a + i * s)
-            elif code == 2:
-                for i in range(rows):
-                    tile[i, j] = _load_i64(a + i * s)
-            else:
-                for i in range(rows):
-                    tile[i, j] = _load_i32(a + i * s)
+            _gather(codes[j], addresses[j] + start * strides[j], strides[j], rows, tile[:, j])
         _sub_block(tile, rows, state)
     return _result(state)
 
@@ -272,40 +277,50 @@ def _clipped(y: float, lo: float, hi: float) -> float:
 
 
 @numba.njit(nogil=True, cache=True)
-def affine(
-    x: np.ndarray,
-    center: np.ndarray,
-    scale: np.ndarray,
-    offset: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    clip: bool,
-    rows_first: bool,
-    out: np.ndarray,
-) -> np.ndarray:
-    """``out = clip((x - center) * scale + offset, lo, hi)`` in one sweep (NaN stays NaN).
+def affine(x: np.ndarray, params: np.ndarray, clip: bool, out: np.ndarray) -> np.ndarray:
+    """``out = clip((x - center) * scale + offset, lo, hi)`` in one sweep over a row-major ``x`` (NaN stays NaN).
 
-    The same operations, in the same order, as the numpy version, so the
-    results are bit-identical to it. Returns, per column, whether ``x`` held
-    an infinity.
+    ``params`` holds the rows center, scale, offset, lo and hi. The same
+    operations, in the same order, as the numpy version, so the results are
+    bit-identical to it. Returns, per column, whether ``x`` held an infinity.
+    Other layouts go through :func:`column_affine`.
     """
     n, f = x.shape
+    center, scale, offset, lo, hi = params[0], params[1], params[2], params[3], params[4]
     infinite = np.zeros(f, np.bool_)
-    if rows_first:
-        for i in range(n):
-            for j in range(f):
-                v = np.float64(x[i, j])
-                infinite[j] |= math.isinf(v)
-                y = (v - center[j]) * scale[j] + offset[j]
-                out[i, j] = _clipped(y, lo[j], hi[j]) if clip else y
-    else:
+    for i in range(n):
         for j in range(f):
-            c, sc, o, a, b = center[j], scale[j], offset[j], lo[j], hi[j]
-            seen = False
-            for i in range(n):
-                v = np.float64(x[i, j])
+            v = np.float64(x[i, j])
+            infinite[j] |= math.isinf(v)
+            y = (v - center[j]) * scale[j] + offset[j]
+            out[i, j] = _clipped(y, lo[j], hi[j]) if clip else y
+    return infinite
+
+
+@numba.njit(nogil=True, cache=True)
+def column_affine(
+    addresses: np.ndarray, strides: np.ndarray, codes: np.ndarray, n: int, params: np.ndarray, clip: bool, out: np.ndarray
+) -> np.ndarray:
+    """:func:`affine` of columns given by where their values are (see :func:`column_moments`).
+
+    Each column is read in cache-sized pieces, widened to float64, and
+    written to its column of ``out`` (``(n, n_columns)``; column-major writes
+    contiguously): the same operations as :func:`affine`, so the same bits.
+    Returns, per column, whether it held an infinity.
+    """
+    f = addresses.shape[0]
+    infinite = np.zeros(f, np.bool_)
+    piece = np.empty(8 * ROWS)
+    for j in range(f):
+        c, sc, o, a, b = params[0, j], params[1, j], params[2, j], params[3, j], params[4, j]
+        seen = False
+        for start in range(0, n, piece.shape[0]):
+            rows = min(piece.shape[0], n - start)
+            _gather(codes[j], addresses[j] + start * strides[j], strides[j], rows, piece)
+            for i in range(rows):
+                v = piece[i]
                 seen |= math.isinf(v)
                 y = (v - c) * sc + o
-                out[i, j] = _clipped(y, a, b) if clip else y
-            infinite[j] = seen
+                out[start + i, j] = _clipped(y, a, b) if clip else y
+        infinite[j] = seen
     return infinite

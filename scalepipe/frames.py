@@ -6,7 +6,7 @@ Dask orchestration, so both see a table the same way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,11 +87,17 @@ def map_columns(
 ) -> pd.DataFrame:
     """A new frame equal to ``df`` with ``columns`` replaced by ``fn(values, positions, df)``.
 
-    ``fn`` is applied to each block of :func:`column_blocks`; the result keeps
-    the column order, and each scaled column gets :func:`output_dtype`.
+    ``fn`` is applied to all the columns at once as :func:`column_arrays` when
+    it ``reads_columns`` (no copy of the input), else to each block of
+    :func:`column_blocks`; the result keeps the column order, and each scaled
+    column gets :func:`output_dtype`.
     """
     scaled: dict[str, np.ndarray] = {}
-    for positions, values in column_blocks(df, columns):
+    if getattr(fn, "reads_columns", False):
+        blocks: Iterable[tuple[np.ndarray, Any]] = [(np.arange(len(columns)), column_arrays(df, columns))]
+    else:
+        blocks = column_blocks(df, columns)
+    for positions, values in blocks:
         out = fn(values, positions, df)
         for k, p in enumerate(positions):
             scaled[columns[p]] = out[:, k]

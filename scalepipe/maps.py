@@ -2,7 +2,9 @@
 
 A map is called as ``fn(values, positions, part)`` on one block:
 
-* ``values``: rows x columns (numpy, any real dtype);
+* ``values``: rows x columns (numpy, any real dtype), or, for a map whose
+  ``reads_columns`` is true, a table's :class:`~scalepipe.stats.Columns`
+  (read in place; the result is then float64);
 * ``positions``: for each column, its index among the model's fitted
   features, or -1 for a column that passes through (arrays only);
 * ``part``: the block's pandas partition (tables) or ``None`` (arrays).
@@ -27,7 +29,7 @@ from .methods import (
     apply_affine,
     invert_affine,
 )
-from .stats import NonFiniteError, block_rows, on_row_blocks
+from .stats import Columns, NonFiniteError, block_rows, on_row_blocks
 
 __all__ = ["AffineMap", "BatchMap", "KeyMap", "ValueMap", "on_threads", "params_at"]
 
@@ -61,8 +63,13 @@ class AffineMap:
     names: tuple[Any, ...]
     inverse: bool = False
 
+    @property
+    def reads_columns(self) -> bool:
+        """Whether ``values`` may be a table's :class:`~scalepipe.stats.Columns` (read in place)."""
+        return not self.inverse
+
     def __call__(
-        self, values: np.ndarray, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
+        self, values: np.ndarray | Columns, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
     ) -> np.ndarray:
         p = params_at(self.params, positions)
         if self.inverse:
@@ -85,15 +92,21 @@ class ThreadedMap:
 
     fn: AffineMap
 
+    @property
+    def reads_columns(self) -> bool:
+        """Whether ``values`` may be a table's :class:`~scalepipe.stats.Columns` (as for :class:`AffineMap`)."""
+        return self.fn.reads_columns
+
     def __call__(
-        self, values: np.ndarray, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
+        self, values: np.ndarray | Columns, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
     ) -> np.ndarray:
+        n, f = values.shape
         if out is None:
-            out = np.empty_like(values, dtype=affine_dtype(values))
-        rows = block_rows(values.shape[1])
-        if len(values) <= rows:
+            out = np.empty((n, f), order="F") if isinstance(values, Columns) else np.empty_like(values, dtype=affine_dtype(values))
+        rows = block_rows(f)
+        if n <= rows:
             return self.fn(values, positions, part, out)
-        on_row_blocks(lambda a: self.fn(values[a : a + rows], positions, None, out[a : a + rows]), len(values), rows)
+        on_row_blocks(lambda a: self.fn(values[a : a + rows], positions, None, out[a : a + rows]), n, rows)
         return out
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ._accel import numba_kernels
 from .errors import DataError, ParameterError
-from .stats import Moments, NonFiniteError
+from .stats import Columns, Moments, NonFiniteError
 
 __all__ = [
     "METHODS",
@@ -335,17 +335,23 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
     return Affine(*(np.asarray(a, dtype=np.float64) for a in (center, scale, offset, lo, hi)))
 
 
-def affine_dtype(x: np.ndarray) -> np.dtype:
-    """The dtype :func:`apply_affine` returns for ``x``: its float dtype, float64 for integers."""
+def affine_dtype(x: np.ndarray | Columns) -> np.dtype:
+    """The dtype :func:`apply_affine` returns for ``x``: its float dtype, float64 for integers and :class:`Columns`."""
+    if isinstance(x, Columns):
+        return np.dtype(np.float64)
     return x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
 
 
-def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None, *, reject_inf: bool = False) -> np.ndarray:
+def apply_affine(
+    x: np.ndarray | Columns, p: Affine, out: np.ndarray | None = None, *, reject_inf: bool = False
+) -> np.ndarray:
     """Apply ``p`` to the columns of ``x`` (shape ``(n, n_features)``; NaN stays NaN).
 
     Computed in float64; the result keeps ``x``'s float dtype (float64 for
-    integer input). ``x`` is never modified; pass ``out`` to reuse a buffer
-    scalepipe owns. With ``reject_inf``, an infinity in ``x`` raises
+    integer input, and for a table's :class:`~scalepipe.stats.Columns`, which
+    are read in place and give a column-major result). ``x`` is never
+    modified; pass ``out`` to reuse a buffer scalepipe owns. With
+    ``reject_inf``, an infinity in ``x`` raises
     :class:`~scalepipe.stats.NonFiniteError` naming its column's position.
 
     Examples
@@ -355,16 +361,25 @@ def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None, *, rej
     >>> apply_affine(np.array([[1.0], [2.0], [np.nan]]), p).ravel().tolist()
     [0.0, 2.0, nan]
     """
-    x = np.asarray(x)
     clip = bool(np.isfinite(p.lo).any() or np.isfinite(p.hi).any())
     kernels = numba_kernels("_kernels_numba")
-    if kernels is not None and x.ndim == 2 and p.center.ndim == 1 and x.dtype.kind in "fi":
-        # the input's memory layout (pandas hands over column-major blocks), so the kernel writes contiguously
-        target = np.empty_like(x, dtype=affine_dtype(x)) if out is None else out
-        infinite = kernels.affine(x, p.center, p.scale, p.offset, p.lo, p.hi, clip, bool(x.flags.c_contiguous), target)
+    if kernels is not None and p.center.ndim == 1 and (isinstance(x, Columns) or _fused_kind(x)):
+        if out is not None:
+            target = out
+        elif isinstance(x, Columns):
+            target = np.empty(x.shape, order="F")
+        else:
+            target = np.empty_like(x, dtype=affine_dtype(x))
+        params = np.stack([p.center, p.scale, p.offset, p.lo, p.hi])
+        if isinstance(x, np.ndarray) and x.flags.c_contiguous:
+            infinite = kernels.affine(x, params, clip, target)
+        else:
+            columns = x if isinstance(x, Columns) else Columns.of(x)
+            infinite = kernels.column_affine(*columns.pointers(), columns.n_rows, params, clip, target)
         if reject_inf and infinite.any():
             raise NonFiniteError(np.flatnonzero(infinite))
         return target
+    x = x.stacked() if isinstance(x, Columns) else np.asarray(x)
     if reject_inf and x.dtype.kind == "f" and (infinite := np.isinf(x).any(axis=0)).any():
         raise NonFiniteError(np.flatnonzero(infinite))
     y = np.subtract(x, p.center, dtype=np.float64)
@@ -376,6 +391,11 @@ def apply_affine(x: np.ndarray, p: Affine, out: np.ndarray | None = None, *, rej
         out[...] = y
         return out
     return y.astype(affine_dtype(x), copy=False)
+
+
+def _fused_kind(x: object) -> bool:
+    """Whether the fused kernels take ``x`` as it is: a 2-D float or integer array."""
+    return isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype.kind in "fi"
 
 
 def invert_affine(y: np.ndarray, p: Affine) -> np.ndarray:
