@@ -35,15 +35,17 @@ from typing import Any
 
 import numpy as np
 
+from ._accel import numba_kernels
 from .errors import ArtifactError, DataError, ParameterError
 from .methods import apply_affine
-from .stats import tree_reduce
+from .stats import Columns, tree_reduce
 
 __all__ = [
     "DEFAULT_BINS",
     "Counts",
     "Histograms",
     "count_bins",
+    "feature_columns",
     "feature_values",
     "histogram_edges",
     "histograms_from_dict",
@@ -196,7 +198,14 @@ def histogram_edges(lo: np.ndarray, hi: np.ndarray, bins: int = DEFAULT_BINS) ->
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ParameterError("bins", f"must be a positive integer, got {bins!r}")
     lo, hi = _widened(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
-    return np.linspace(lo, hi, int(bins) + 1, axis=-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        edges = np.linspace(lo, hi, int(bins) + 1, axis=-1)
+        huge = np.isinf(hi - lo) & np.isfinite(lo) & np.isfinite(hi)  # a range past the largest double
+    if huge.any():
+        t = np.arange(int(bins) + 1) / int(bins)
+        between = lo[..., None] * (1.0 - t) + hi[..., None] * t  # no term overflows
+        edges = np.where(huge[..., None], np.maximum.accumulate(between, axis=-1), edges)
+    return edges
 
 
 def output_range(model: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -216,13 +225,13 @@ def model_edges(model: Any, bins: int = DEFAULT_BINS) -> tuple[np.ndarray, np.nd
     return histogram_edges(model.moments.min, model.moments.max, bins), histogram_edges(lo, hi, bins)
 
 
-def count_bins(values: np.ndarray, edges: np.ndarray) -> Counts:
+def count_bins(values: np.ndarray | Columns, edges: np.ndarray) -> Counts:
     """Histograms of the columns of ``values`` over per-column ``edges``.
 
     Parameters
     ----------
-    values : ndarray, shape (n_rows, n_features)
-        float64; NaN is not counted.
+    values : ndarray, shape (n_rows, n_features), or Columns
+        Real values; NaN is not counted.
     edges : ndarray, shape (n_features, bins + 1)
 
     Examples
@@ -232,31 +241,55 @@ def count_bins(values: np.ndarray, edges: np.ndarray) -> Counts:
     >>> c.counts.tolist(), c.over.tolist()
     ([[1, 2]], [1])
     """
+    return _tally(values, edges)[0]
+
+
+def _tally(
+    values: np.ndarray | Columns, edges: np.ndarray, bounds: np.ndarray | None = None
+) -> tuple[Counts, np.ndarray, np.ndarray]:
+    """:func:`count_bins`, with each column's NaN count and the values outside ``bounds`` (rows lo, hi).
+
+    One sweep of the numba kernel where it is installed, reading the columns
+    in place; else numpy, the reference.
+    """
+    edges = np.ascontiguousarray(edges, dtype=np.float64)
     n_features, n_edges = edges.shape
+    if bounds is None:
+        bounds = np.array([[-np.inf] * n_features, [np.inf] * n_features])
+    kernels = numba_kernels("_kernels_numba")
+    if kernels is not None:
+        columns = values if isinstance(values, Columns) else Columns.of(np.asarray(values))
+        counts = np.zeros((n_features, n_edges - 1), dtype=np.int64)
+        tallies = np.zeros((4, n_features), dtype=np.int64)
+        kernels.bin_counts(*columns.pointers(), columns.n_rows, edges, np.asarray(bounds, np.float64), counts, tallies)
+        return Counts(edges, counts, tallies[0], tallies[1]), tallies[2], tallies[3]
+    x = values.stacked() if isinstance(values, Columns) else np.asarray(values, dtype=np.float64)
     bins = n_edges - 1
     counts = np.zeros((n_features, bins), dtype=np.int64)
     under = np.zeros(n_features, dtype=np.int64)
     over = np.zeros(n_features, dtype=np.int64)
     for j in range(n_features):
-        x = values[:, j]
+        col = x[:, j]
         e = edges[j]
-        inside = (x >= e[0]) & (x <= e[-1])
-        under[j] = np.count_nonzero(x < e[0])
-        over[j] = np.count_nonzero(x > e[-1])
+        inside = (col >= e[0]) & (col <= e[-1])
+        under[j] = np.count_nonzero(col < e[0])
+        over[j] = np.count_nonzero(col > e[-1])
         # numpy.histogram's rule: the bin of x is the last edge <= x; x == edges[-1] is in the last bin
-        k = np.searchsorted(e, x[inside], side="right") - 1
+        k = np.searchsorted(e, col[inside], side="right") - 1
         counts[j] = np.bincount(np.minimum(k, bins - 1), minlength=bins)
-    return Counts(edges, counts, under, over)
+    nan = np.count_nonzero(np.isnan(x), axis=0).astype(np.int64)
+    outside = np.count_nonzero((x < bounds[0]) | (x > bounds[1]), axis=0).astype(np.int64)
+    return Counts(edges, counts, under, over), nan, outside
 
 
-def feature_values(part: Any, names: Sequence[Any], feature_names: Sequence[Any] | None = None) -> np.ndarray:
-    """The fitted features of one partition (a pandas frame or a 2-D array) as float64 columns."""
+def feature_columns(part: Any, names: Sequence[Any], feature_names: Sequence[Any] | None = None) -> Columns:
+    """The fitted features of one partition (a pandas frame or a 2-D array) as :class:`Columns` (views)."""
     import pandas as pd
 
     if isinstance(part, pd.DataFrame):
-        from .frames import float_values
+        from .frames import column_arrays
 
-        return float_values(part, names)
+        return column_arrays(part, names)
     x = np.asarray(part)
     if x.ndim != 2:
         raise DataError(f"histograms need a table or a 2-D array, got shape {x.shape}")
@@ -265,11 +298,12 @@ def feature_values(part: Any, names: Sequence[Any], feature_names: Sequence[Any]
     missing = [n for n in names if n not in index]
     if missing:
         raise DataError(f"column(s) {', '.join(map(repr, missing))} were fitted but are not in the data")
-    return np.asarray(x[:, [index[n] for n in names]], dtype=np.float64)
+    return Columns([x[:, index[n]] for n in names], x.shape[0])
 
 
-def _outside(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    return np.count_nonzero((values < lo) | (values > hi), axis=0).astype(np.int64)
+def feature_values(part: Any, names: Sequence[Any], feature_names: Sequence[Any] | None = None) -> np.ndarray:
+    """The fitted features of one partition (a pandas frame or a 2-D array) as float64 columns."""
+    return feature_columns(part, names, feature_names).stacked()
 
 
 def partition_histograms(
@@ -297,10 +331,10 @@ def partition_histograms(
     feature_names
         Column names of an array partition (default: positions).
     """
-    x = feature_values(part, names, feature_names)
-    output = None if scaled is None else count_bins(feature_values(scaled, names, feature_names), edges[1])
-    nan = np.count_nonzero(np.isnan(x), axis=0).astype(np.int64)
-    return Histograms(list(names), count_bins(x, edges[0]), output, _outside(x, *fitted_range), nan)
+    x = feature_columns(part, names, feature_names)
+    inputs, nan, outside = _tally(x, edges[0], np.stack(fitted_range))
+    output = None if scaled is None else count_bins(feature_columns(scaled, names, feature_names), edges[1])
+    return Histograms(list(names), inputs, output, outside, nan)
 
 
 def merge_histograms(parts: Sequence[Histograms]) -> Histograms:

@@ -222,3 +222,36 @@ def test_frame_transform_reads_columns_in_place_bit_identical():
     for c in ("f64", "f32", "i64", "nullable"):
         assert np.array_equal(got[c].to_numpy(np.float64), ref[c].to_numpy(np.float64), equal_nan=True), c
     assert got["text"].equals(df["text"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([0, 1, 50, 4097]), bins=st.sampled_from([1, 3, 50]))
+def test_histogram_kernel_counts_as_numpy_searchsorted(seed, n, bins):
+    """The one-sweep histogram kernel puts every value in numpy's bin (the last
+    edge at or below it), values exactly on edges, coinciding edges (a range of
+    a few ulps), NaN (in no bin), values outside the edges and the fitted bounds,
+    a huge range, NaN edges, and mixed column dtypes included."""
+    from scalepipe.histograms import _tally, histogram_edges
+
+    rng = np.random.default_rng(seed)
+    lo = np.array([0.0, 1.0, -1.5e308, 5.0, np.nan, -3.0])  # hi - lo overflows in the third
+    hi = np.array([1.0, 1.0 + 4e-16, 1.5e308, 5.0, np.nan, 2.0])
+    edges = histogram_edges(lo, hi, bins)
+    assert np.isfinite(edges[:4]).all()  # the overflowing range too
+    picks = [rng.uniform(-0.5, 1.5, n), 1.0 + rng.integers(-2, 6, n) * 2.2e-16, rng.uniform(-1, 1, n) * 1.5e308,
+             np.full(n, 5.0), rng.normal(size=n), rng.integers(-5, 5, n)]
+    for j, col in enumerate(picks[:4]):
+        on_edges = rng.random(n) < 0.3
+        col[on_edges] = rng.choice(edges[j], on_edges.sum())  # exactly on an edge
+        col[rng.random(n) < 0.1] = np.nan
+    cols = [picks[0], picks[1].astype(np.float64), picks[2], picks[3].astype(np.float32), picks[4], picks[5]]
+    bounds = np.array([[0.1, 1.0, -1.0, 5.0, 0.0, -4.0], [0.9, 1.0, 1.0, 5.0, 0.0, 4.0]])
+    got = _tally(Columns(cols), edges, bounds)
+    ref = numpy_only(_tally, Columns(cols), edges, bounds)
+    for a, b in ((got[0].counts, ref[0].counts), (got[0].under, ref[0].under), (got[0].over, ref[0].over),
+                 (got[1], ref[1]), (got[2], ref[2])):
+        np.testing.assert_array_equal(a, b)
+    stacked = np.column_stack([c.astype(np.float64) for c in cols])
+    for j in range(len(cols)):
+        if np.isfinite(edges[j]).all():  # numpy.histogram agrees where the edges are numbers
+            np.testing.assert_array_equal(got[0].counts[j], np.histogram(stacked[:, j][~np.isnan(stacked[:, j])], edges[j])[0])
