@@ -880,6 +880,43 @@ def _dask_df_transform(ctx: Ctx) -> dict[str, Any]:
     return {"m": m}
 
 
+# ---- the whole job, as a user runs it
+
+
+CLI_JOB = """version: 1
+input: {{format: parquet, path: {data}}}
+stats: {{scope: global, path: {folder}/stats.json}}
+scalers: [{{columns: null, method: zscore}}]
+output: {{format: parquet, path: {folder}/out}}
+report: {report}
+"""
+
+
+def _sp_cli_run(ctx: Ctx, report: bool) -> dict[str, Any]:
+    state = {"out": ""}
+
+    def run() -> None:
+        folder = state["out"] = ctx.scratch()
+        os.mkdir(folder)
+        config = os.path.join(folder, "job.yaml")
+        with open(config, "w") as fh:
+            fh.write(CLI_JOB.format(data=ctx.parquet, folder=folder, report=str(report).lower()))
+        subprocess.run([sys.executable, "-m", "scalepipe", "run", config, "-q"], check=True)
+
+    m = measure(run, ctx.repeat, reset=lambda: _rmtree(state["out"]))
+    return {"m": m}
+
+
+@case("sp_cli_run", "job (CLI)", "scalepipe run: fit + transform + write + report (histograms, plots), the embedded default cluster, process start included", floor="pyarrow_copy", floor2="pyarrow_copy_durable")
+def _cli_run(ctx: Ctx) -> dict[str, Any]:
+    return _sp_cli_run(ctx, report=True)
+
+
+@case("sp_cli_run_noreport", "job (CLI)", "the same with report: false", floor="pyarrow_copy", floor2="pyarrow_copy_durable")
+def _cli_run_noreport(ctx: Ctx) -> dict[str, Any]:
+    return _sp_cli_run(ctx, report=False)
+
+
 # --------------------------------------------------------------------------
 # Start-up time (measured from the driver, one subprocess per sample)
 # --------------------------------------------------------------------------
@@ -1084,6 +1121,7 @@ ORDER = [
     "np_copyto", "np_copy", "sp_transform_mem", "sp_transform_mem_out", "numpy_outofplace_mem", "sklearn_transform_mem", "dask_ml_transform_mem",
     "pyarrow_copy", "pyarrow_copy_durable", "sp_transform_parquet_threads", "sp_transform_parquet_lc_procs",
     "sp_transform_parquet_lc_threads", "polars_zscore_sink", "dask_dataframe_transform",
+    "sp_cli_run", "sp_cli_run_noreport",
 ]
 assert set(ORDER) == set(CASES), set(ORDER) ^ set(CASES)
 
