@@ -18,8 +18,9 @@ in blocks of rows per feature:
 
 A first sweep over a block finds each feature's largest ``|x|`` and smallest
 nonzero ``|x|``; their exponent fields give ``T`` and ``L`` with ``|x| <
-2**T`` and every ``x`` an integer multiple of ``2**L``. The feature's block
-then takes one of two paths:
+2**T`` and every ``x`` an integer multiple of ``2**L``. (The same sweep
+records the feature's min, max and NaN count, so exact mode needs no other
+kernel.) The feature's block then takes one of two paths:
 
 *General path* (any finite values; an inf is reported): each value is split
 into its integer mantissa and exponent and its pieces are added to the
