@@ -35,6 +35,7 @@ ROWS = 512
 SHIFT_BOUND = 4.0
 _SPLIT = 134217729.0  # 2**27 + 1
 
+
 def _loader(value_type: ir.Type, widen: str | None):
     """An intrinsic reading the value of ``value_type`` at an address (an int64) as a float64.
 
@@ -352,7 +353,8 @@ def bin_counts(
     for j in range(addresses.shape[0]):
         e = edges[j]
         first, last = e[0], e[bins]
-        inverse = bins / (last - first)
+        width = last - first
+        inverse = bins / width if width > 0 else np.inf  # zero width: the correction finds the bin
         lo, hi = bounds[0, j], bounds[1, j]
         under, over, nan, outside = 0, 0, 0, 0
         for start in range(0, n, piece.shape[0]):

@@ -12,7 +12,8 @@ last bin also holding ``x == edges[-1]``: exactly :func:`numpy.histogram`'s
 rule for explicit edges, which the tests use as the reference.
 
 The kernels (:func:`count_bins`, :func:`partition_histograms`,
-:func:`merge_histograms`) are numpy and pandas only. :func:`transform_with_histograms`
+:func:`merge_histograms`) are numpy and pandas only, with one numba sweep per
+column where the ``fast`` extra is installed. :func:`transform_with_histograms`
 builds the Dask graph (Dask imported lazily, only for Dask input): the scaled
 collection and the histograms come from the *same* partition tasks, so a
 caller that computes both together (the pipeline's output write) reads the
@@ -89,7 +90,6 @@ class Counts:
         if not np.array_equal(self.edges, other.edges):
             raise DataError("histograms with different bins cannot be merged")
         return Counts(self.edges, self.counts + other.counts, self.under + other.under, self.over + other.over)
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,10 +201,10 @@ def histogram_edges(lo: np.ndarray, hi: np.ndarray, bins: int = DEFAULT_BINS) ->
     with np.errstate(over="ignore", invalid="ignore"):
         edges = np.linspace(lo, hi, int(bins) + 1, axis=-1)
         huge = np.isinf(hi - lo) & np.isfinite(lo) & np.isfinite(hi)  # a range past the largest double
-    if huge.any():
-        t = np.arange(int(bins) + 1) / int(bins)
-        between = lo[..., None] * (1.0 - t) + hi[..., None] * t  # no term overflows
-        edges = np.where(huge[..., None], np.maximum.accumulate(between, axis=-1), edges)
+        if huge.any():
+            t = np.arange(int(bins) + 1) / int(bins)
+            between = lo[..., None] * (1.0 - t) + hi[..., None] * t  # no term overflows
+            edges = np.where(huge[..., None], np.maximum.accumulate(between, axis=-1), edges)
     return edges
 
 
@@ -254,14 +254,19 @@ def _tally(
     """
     edges = np.ascontiguousarray(edges, dtype=np.float64)
     n_features, n_edges = edges.shape
-    if bounds is None:
-        bounds = np.array([[-np.inf] * n_features, [np.inf] * n_features])
+    bounds = np.array([[-np.inf] * n_features, [np.inf] * n_features]) if bounds is None else np.asarray(bounds, np.float64)
+    n_columns = values.shape[1] if isinstance(values, Columns) else np.shape(values)[1]
+    if n_edges < 2 or n_columns != n_features or bounds.shape != (2, n_features):
+        raise DataError(
+            f"histograms: {n_columns} columns need edges of shape ({n_columns}, bins + 1) with bins >= 1 "
+            f"(got {edges.shape}) and bounds of shape (2, {n_columns}) (got {bounds.shape})"
+        )
     kernels = numba_kernels("_kernels_numba")
     if kernels is not None:
         columns = values if isinstance(values, Columns) else Columns.of(np.asarray(values))
         counts = np.zeros((n_features, n_edges - 1), dtype=np.int64)
         tallies = np.zeros((4, n_features), dtype=np.int64)
-        kernels.bin_counts(*columns.pointers(), columns.n_rows, edges, np.asarray(bounds, np.float64), counts, tallies)
+        kernels.bin_counts(*columns.pointers(), columns.n_rows, edges, bounds, counts, tallies)
         return Counts(edges, counts, tallies[0], tallies[1]), tallies[2], tallies[3]
     x = values.stacked() if isinstance(values, Columns) else np.asarray(values, dtype=np.float64)
     bins = n_edges - 1

@@ -101,8 +101,10 @@ class ThreadedMap:
         self, values: np.ndarray | Columns, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
     ) -> np.ndarray:
         n, f = values.shape
-        if out is None:
-            out = np.empty((n, f), order="F") if isinstance(values, Columns) else np.empty_like(values, dtype=affine_dtype(values))
+        if isinstance(values, Columns) and out is None:
+            out = np.empty((n, f), order="F")  # a table's columns: column-major float64
+        elif out is None:
+            out = np.empty_like(values, dtype=affine_dtype(values))
         rows = block_rows(f)
         if n <= rows:
             return self.fn(values, positions, part, out)

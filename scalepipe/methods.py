@@ -27,7 +27,7 @@ import numpy as np
 
 from ._accel import numba_kernels
 from .errors import DataError, ParameterError
-from .stats import Columns, Moments, NonFiniteError
+from .stats import KERNEL_DTYPES, Columns, Moments, NonFiniteError
 
 __all__ = [
     "METHODS",
@@ -394,8 +394,8 @@ def apply_affine(
 
 
 def _fused_kind(x: object) -> bool:
-    """Whether the fused kernels take ``x`` as it is: a 2-D float or integer array."""
-    return isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype.kind in "fi"
+    """Whether the fused kernels take ``x`` as it is: a 2-D array of a dtype they read (native float64, float32, int64, int32)."""
+    return isinstance(x, np.ndarray) and x.ndim == 2 and x.dtype in KERNEL_DTYPES
 
 
 def invert_affine(y: np.ndarray, p: Affine) -> np.ndarray:

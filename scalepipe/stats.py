@@ -415,7 +415,7 @@ def chunk_moments(
     else:
         x = _as_real_2d(block) if kernels is not None else _as_float64_columns(block)
     n, f = x.shape
-    if n == 0:
+    if n == 0 or f == 0:
         return ExactMoments(Moments.empty(f), ExactSums.empty(f)) if exact else Moments.empty(f)
     try:
         if exact:

@@ -255,3 +255,34 @@ def test_histogram_kernel_counts_as_numpy_searchsorted(seed, n, bins):
     for j in range(len(cols)):
         if np.isfinite(edges[j]).all():  # numpy.histogram agrees where the edges are numbers
             np.testing.assert_array_equal(got[0].counts[j], np.histogram(stacked[:, j][~np.isnan(stacked[:, j])], edges[j])[0])
+
+
+def test_histogram_kernel_refuses_mismatched_shapes_and_counts_zero_width_edges():
+    """Edges of zero width are counted as numpy counts them (no division error);
+    edges or bounds of the wrong shape are refused before the kernel runs."""
+    from scalepipe.histograms import _tally, count_bins
+
+    x = np.array([[1.0], [1.0], [0.5], [2.0], [np.nan]])
+    got = count_bins(x, np.array([[1.0, 1.0]]))
+    ref = numpy_only(count_bins, x, np.array([[1.0, 1.0]]))
+    assert got.counts.tolist() == ref.counts.tolist() == [[2]]
+    assert (got.under.tolist(), got.over.tolist()) == (ref.under.tolist(), ref.over.tolist()) == ([1], [1])
+    with pytest.raises(DataError, match="4 columns need edges of shape"):
+        count_bins(np.ones((10, 4)), np.array([[0.0, 1.0]]))
+    with pytest.raises(DataError, match="bins >= 1"):
+        count_bins(np.ones((10, 1)), np.array([[0.0]]))
+    with pytest.raises(DataError, match="bounds of shape"):
+        _tally(np.ones((10, 1)), np.array([[0.0, 1.0]]), np.zeros((2, 3)))
+
+
+def test_non_native_and_small_dtypes_take_the_numpy_path():
+    """Big-endian and float16 arrays are scaled (the numpy kernel), equal to native float64."""
+    import scalepipe as sp
+
+    x = np.random.default_rng(2).normal(size=(300, 3))
+    model = sp.fit(x)
+    for odd in (x.astype(">f8"), x.astype(np.float16), np.asfortranarray(x.astype(">f8"))):
+        np.testing.assert_array_equal(
+            np.asarray(model.transform(odd), np.float64), model.transform(odd.astype(np.float64)).astype(odd.dtype).astype(np.float64)
+        )
+    assert chunk_moments(Columns([], n_rows=4), exact=True).moments.count.shape == (0,)
