@@ -39,7 +39,7 @@ import numpy as np
 from ._accel import numba_kernels
 from .errors import ArtifactError, DataError, ParameterError
 from .methods import apply_affine
-from .stats import Columns, tree_reduce
+from .stats import Columns, on_calling_thread, tree_reduce
 
 __all__ = [
     "DEFAULT_BINS",
@@ -355,7 +355,8 @@ def merge_histograms(parts: Sequence[Histograms]) -> Histograms:
 
 
 def _scaled_partition(part: Any, model: Any, feature_names: Sequence[Any] | None) -> Any:
-    return model.transform(part, feature_names=feature_names)
+    with on_calling_thread():  # a Dask task: its scheduler runs the partitions in parallel
+        return model.transform(part, feature_names=feature_names)
 
 
 def _partition_task(part: Any, scaled: Any, model: Any, edges: tuple[np.ndarray, np.ndarray], feature_names: Sequence[Any] | None) -> Histograms:

@@ -20,7 +20,9 @@ process, and (later) on Spark executors.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -37,9 +39,12 @@ __all__ = [
     "Moments",
     "NonFiniteError",
     "array_moments",
+    "block_rows",
     "chunk_moments",
     "merge",
     "merge_all",
+    "on_calling_thread",
+    "on_row_blocks",
     "tree_reduce",
 ]
 
@@ -495,16 +500,40 @@ def block_rows(n_features: int) -> int:
     return max(1024, (16 * BLOCK_VALUES) // max(n_features, 1))
 
 
+#: Set (by :func:`on_calling_thread`) where in-memory work must not start threads of its own.
+_CALLING_THREAD: ContextVar[bool] = ContextVar("scalepipe_calling_thread", default=False)
+
+
+@contextmanager
+def on_calling_thread() -> Iterator[None]:
+    """Run :func:`on_row_blocks` (in-memory fits and transforms) on the calling thread within the block.
+
+    For in-memory work done inside a Dask task: the scheduler already runs
+    the tasks in parallel, and a thread pool per task would only compete
+    with them. The setting is per thread (a context variable).
+    """
+    token = _CALLING_THREAD.set(True)
+    try:
+        yield
+    finally:
+        _CALLING_THREAD.reset(token)
+
+
 def on_row_blocks(fn: Callable[[int], T], n_rows: int, rows: int, threads: int | None = None) -> list[T]:
     """``fn(start)`` for each block of ``rows`` rows, on threads; the results in row order.
 
-    ``threads`` defaults to the CPUs this process may use. The first failing
-    block's error (in row order) is raised.
+    ``threads`` defaults to the CPUs this process may use (one, the calling
+    thread, under :func:`on_calling_thread`). The first failing block's error
+    (in row order) is raised.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    if threads is None and _CALLING_THREAD.get():
+        threads = 1
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if threads == 1:
+        return [fn(start) for start in range(0, n_rows, rows)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(fn, range(0, n_rows, rows)))
 

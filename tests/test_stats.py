@@ -11,7 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalepipe.stats import Moments, NonFiniteError, array_moments, chunk_moments, merge, merge_all, tree_reduce
+from scalepipe.stats import (
+    Moments,
+    NonFiniteError,
+    array_moments,
+    chunk_moments,
+    merge,
+    merge_all,
+    on_calling_thread,
+    on_row_blocks,
+    tree_reduce,
+)
 
 from .conftest import mixed_frame
 
@@ -105,6 +115,25 @@ def test_threaded_array_moments_equal_serial():
     b = array_moments(x, threads=4)
     assert a.identical(b)
     assert rel(float(a.mean[0]), float(np.mean(x[:, 0]))) <= 1e-12
+
+
+def test_on_calling_thread_keeps_row_blocks_on_the_caller():
+    """Inside a Dask task (on_calling_thread) the row blocks run on the calling
+    thread, in order, with the same results; elsewhere they go to a pool."""
+    import threading
+
+    def where(start: int) -> tuple[int, int]:
+        return start, threading.get_ident()
+
+    pooled = on_row_blocks(where, 10, 3, threads=2)
+    with on_calling_thread():
+        inline = on_row_blocks(where, 10, 3)
+        x = np.random.default_rng(3).normal(size=(300_000, 4))
+        assert array_moments(x).identical(array_moments(x, threads=4))
+    assert [s for s, _ in inline] == [s for s, _ in pooled] == [0, 3, 6, 9]
+    assert {t for _, t in inline} == {threading.get_ident()}
+    assert threading.get_ident() not in {t for _, t in pooled}
+    assert len(on_row_blocks(where, 10, 3)) == 4  # the setting ended with the block
 
 
 def test_tree_reduce_shape_fixed_by_count():
