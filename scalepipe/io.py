@@ -382,9 +382,16 @@ def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> 
 
 
 def _conform(df: pd.DataFrame, meta: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """``df[columns]`` with the dtypes ``meta`` prescribes."""
-    df = df[list(columns)]
-    casts = {c: meta[c].dtype for c in columns if df[c].dtype != meta[c].dtype}
+    """``df[columns]`` with the dtypes ``meta`` prescribes.
+
+    Compares names and dtypes in bulk: looking each column up by name costs
+    ~0.1 ms a column (a partition of a wide table paid milliseconds).
+    """
+    columns = list(columns)
+    if list(df.columns) != columns:
+        df = df[columns]
+    wanted = dict(zip(meta.columns, meta.dtypes, strict=True))
+    casts = {c: wanted[c] for c, dtype in zip(columns, df.dtypes, strict=True) if dtype != wanted[c]}
     return df.astype(casts) if casts else df
 
 
@@ -457,7 +464,10 @@ def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
         for file, footer in zip(files, footers, strict=True)
         for run in _row_group_runs(footer, target)
     ]
-    frame = dd.from_map(_read_parquet_part, parts, args=(meta,), meta=meta, label="read-parquet")
+    # each partition is conformed to meta as it is read (no second check per partition)
+    frame = dd.from_map(
+        _read_parquet_part, parts, args=(meta,), meta=meta, label="read-parquet", enforce_metadata=False
+    )
     return TableSource(
         frame=frame,
         files=[file for file, _ in parts],
