@@ -501,3 +501,18 @@ def test_readme_opens_with_the_quickstart_and_the_ci_command():
     ]
     ci = (root / ".ci" / "run").read_text().splitlines()[-1]
     assert ci.replace(" -q", "").replace(" -p no:cacheprovider", "") == block[1]
+
+
+def test_job_modules_load_with_the_collector_back_on():
+    """A job command imports its modules with the garbage collector off and
+    freezes them; the collector must be on again afterwards (else a long job
+    would never free reference cycles). In a fresh process: it owns its GC."""
+    code = (
+        "import gc\n"
+        "from scalepipe.cli import _load_job_modules\n"
+        "_load_job_modules()\n"
+        "import dask.dataframe, distributed, sys\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 100_000, 'scalepipe.pipeline' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True"]
