@@ -416,7 +416,7 @@ def bin_counts(
     counts: np.ndarray,
     tallies: np.ndarray,
 ) -> None:
-    """Add each column's histogram over its row of ``edges`` to ``counts``, in one sweep.
+    """Add each column's histogram over its row of ``edges`` to ``counts``, in one read of the column.
 
     Columns as in :func:`column_moments`. A value's bin is the last edge at
     or below it (the top edge belongs to the last bin), as numpy's
@@ -425,9 +425,16 @@ def bin_counts(
     value and coinciding edges count as numpy counts them. ``tallies`` (int64,
     ``(4, n_columns)``) receives the values below the first edge, above the
     last, NaN, and outside ``[bounds[0], bounds[1]]``; NaN is in no bin.
+
+    Per cache-sized piece, a first loop (no branches: it vectorises) counts
+    the tallies and guesses each value's bin (``bins`` for none); a second
+    corrects the guesses and counts them, into four interleaved copies of the
+    counts so that runs of one bin do not wait on each other's increments.
     """
     bins = edges.shape[1] - 1
     piece = np.empty(8 * ROWS)
+    guess = np.empty(piece.shape[0], np.int64)
+    copies = np.zeros((4, bins + 1), np.int64)  # column ``bins``: in no bin
     for j in range(addresses.shape[0]):
         e = edges[j]
         first, last = e[0], e[bins]
@@ -435,27 +442,29 @@ def bin_counts(
         inverse = bins / width if width > 0 else np.inf  # zero width: the correction finds the bin
         lo, hi = bounds[0, j], bounds[1, j]
         under, over, nan, outside = 0, 0, 0, 0
+        copies[:] = 0
         for start in range(0, n, piece.shape[0]):
             rows = min(piece.shape[0], n - start)
             _gather(codes[j], addresses[j] + start * strides[j], strides[j], rows, piece)
             for i in range(rows):
                 v = piece[i]
-                if v != v:
-                    nan += 1
-                    continue
+                nan += v != v
                 outside += (v < lo) | (v > hi)
-                if v < first:
-                    under += 1
-                elif v > last:
-                    over += 1
-                elif v >= first and v <= last:  # not when the edges are NaN
-                    t = (v - first) * inverse
-                    k = int(t) if t < bins else bins - 1  # NaN or inf (a zero or subnormal width) too
+                under += v < first
+                over += v > last
+                t = (v - first) * inverse  # >= 0 when v is in the edges; NaN or inf (a zero or subnormal width) too
+                guess[i] = (int(t) if t < bins else bins - 1) if (v >= first) & (v <= last) else bins
+            for i in range(rows):
+                k = guess[i]
+                if k < bins:
+                    v = piece[i]
                     while k > 0 and v < e[k]:
                         k -= 1
                     while k < bins - 1 and v >= e[k + 1]:
                         k += 1
-                    counts[j, k] += 1
+                copies[i & 3, k] += 1
+        for k in range(bins):
+            counts[j, k] += copies[0, k] + copies[1, k] + copies[2, k] + copies[3, k]
         tallies[0, j] += under
         tallies[1, j] += over
         tallies[2, j] += nan
