@@ -217,28 +217,49 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _png(hist: Histograms, i: int) -> str:
-    """One feature's input and output histograms side by side, as a base64 PNG."""
-    from matplotlib.figure import Figure
+class _Plots:
+    """Each feature's input and output histograms side by side, as base64 PNGs.
 
-    fig = Figure(figsize=(8.0, 2.0), dpi=72)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.14, top=0.98, wspace=0.06)
-    axes = fig.subplots(1, 2)
-    sides = [("input", hist.input, "#4c72b0"), ("scaled output", hist.output, "#dd8452")]
-    for ax, (label, side, colour) in zip(axes, sides):
-        if side is None:
-            ax.set_axis_off()
-            continue
-        ax.stairs(side.counts[i], side.edges[i], fill=True, color=colour)
-        outside = int(side.under[i] + side.over[i])
-        # axis text instead of titles and y ticks: tick layout is most of matplotlib's drawing time
-        ax.text(0.99, 0.95, label + (f"\n{outside} outside the bins" if outside else ""), transform=ax.transAxes, ha="right", va="top", fontsize=9)
-        ax.yaxis.set_visible(False)
-        ax.xaxis.set_major_locator(_locator())
-        ax.tick_params(labelsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    One figure and its two axes serve every feature, each feature's bars and
+    labels replacing the previous ones: creating the axes was a quarter of
+    the drawing time (the images are the same, byte for byte).
+    """
+
+    def __init__(self, hist: Histograms) -> None:
+        from matplotlib.figure import Figure
+
+        self.hist = hist
+        self.figure = Figure(figsize=(8.0, 2.0), dpi=72)
+        self.figure.subplots_adjust(left=0.02, right=0.98, bottom=0.14, top=0.98, wspace=0.06)
+        self.axes = self.figure.subplots(1, 2)
+        for ax, side in zip(self.axes, (hist.input, hist.output), strict=True):
+            if side is None:
+                ax.set_axis_off()
+                continue
+            # axis text instead of titles and y ticks: tick layout is most of matplotlib's drawing time
+            ax.yaxis.set_visible(False)
+            ax.xaxis.set_major_locator(_locator())
+            ax.tick_params(labelsize=8)
+        self.drawn: list[Any] = []
+
+    def png(self, i: int) -> str:
+        """Feature ``i``'s plot."""
+        for artist in self.drawn:
+            artist.remove()
+        self.drawn = []
+        sides = [("input", self.hist.input, "#4c72b0"), ("scaled output", self.hist.output, "#dd8452")]
+        for ax, (label, side, colour) in zip(self.axes, sides, strict=True):
+            if side is None:
+                continue
+            outside = int(side.under[i] + side.over[i])
+            text = label + (f"\n{outside} outside the bins" if outside else "")
+            self.drawn.append(ax.stairs(side.counts[i], side.edges[i], fill=True, color=colour))
+            self.drawn.append(ax.text(0.99, 0.95, text, transform=ax.transAxes, ha="right", va="top", fontsize=9))
+            ax.relim()
+            ax.autoscale_view()
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png")
+        return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _locator() -> Any:
@@ -290,8 +311,9 @@ def render_report(model: Any, histograms: Histograms | None = None, *, title: st
         messages.append(f"Plots need matplotlib: {PLOT_EXTRA}. The tables below have the statistics.")
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in messages]
     parts.append(_overview(summary, flags))
+    drawer = _Plots(histograms) if histograms is not None and plots else None
     for i, row in enumerate(summary):
-        parts.append(_feature_section(i, row, flags[i], histograms, plots))
+        parts.append(_feature_section(i, row, flags[i], histograms, drawer))
     if model.passthrough:
         names = ", ".join(html.escape(str(n)) for n in model.passthrough)
         parts.append(f"<section><h2>Passthrough</h2><p>Not scaled: {names}</p></section>")
@@ -318,7 +340,7 @@ def _overview(summary: list[dict[str, Any]], flags: list[list[Flag]]) -> str:
     return f'<h2>Features</h2><table><tr><th class="l">feature</th>{head}<th class="l">flags</th></tr>{"".join(rows)}</table>'
 
 
-def _feature_section(i: int, row: dict[str, Any], flags: list[Flag], hist: Histograms | None, plots: bool) -> str:
+def _feature_section(i: int, row: dict[str, Any], flags: list[Flag], hist: Histograms | None, plots: _Plots | None) -> str:
     name = html.escape(str(row["feature"]))
     out = [f'<section><h2 id="f{i}">{name} <small>({html.escape(row["method"])})</small></h2>']
     if flags:
@@ -327,8 +349,8 @@ def _feature_section(i: int, row: dict[str, Any], flags: list[Flag], hist: Histo
     values = "".join(f"<td>{_fmt(row[c])}</td>" for c in _STAT_COLUMNS[1:])
     out.append(f"<table><tr>{stats}</tr><tr>{values}</tr></table>")
     if hist is not None:
-        if plots:
-            out.append(f'<img alt="histograms of {name}" src="data:image/png;base64,{_png(hist, i)}">')
+        if plots is not None:
+            out.append(f'<img alt="histograms of {name}" src="data:image/png;base64,{plots.png(i)}">')
         sides = [("input", hist.input), ("output", hist.output)]
         cells = "".join(
             f"<tr><td class='l'>{label}</td><td>{int(side.under[i])}</td><td>{int(side.over[i])}</td>"

@@ -181,6 +181,22 @@ def test_quickstart_report_is_one_html_file_with_embedded_images(tmp_path):
     assert rebuilt.count("data:image/png;base64,") == len(model.feature_names)
 
 
+def test_plots_share_one_figure_without_leftovers():
+    """The report draws every feature on one reused figure: a feature's image
+    is the same bytes whichever features were drawn before it (no bars, text or
+    limits left over), and differs between features."""
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"wide": rng.normal(0, 100, 5000), "skewed": rng.lognormal(0, 1, 5000), "flat": rng.uniform(size=5000)})
+    df.loc[::7, "flat"] = np.nan
+    model = sp.fit(df, [sp.ZScore()])
+    _, hist = transform_with_histograms(model, df)
+    alone = [report._Plots(hist).png(i) for i in range(3)]
+    shared = report._Plots(hist)
+    assert [shared.png(i) for i in (2, 0, 1)] == [alone[2], alone[0], alone[1]]
+    assert len(set(alone)) == 3
+
+
 def test_flags_follow_the_data():
     model = sp.fit(frame(), RULES)
     flags = dict(zip(model.feature_names, ([f.name for f in fl] for fl in report.feature_flags(model))))
