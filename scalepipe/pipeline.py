@@ -387,7 +387,9 @@ def _transform_and_write(cfg: Config, model: Model, source: _Input, mode: Mode, 
         scaled = model.transform(source.data, stats="batch")
     elif mode == "run" and cfg.report and source.schema is not None and model.scope.kind == "global":
         from .histograms import transform_with_histograms
+        from .report import load_plotting_in_background
 
+        load_plotting_in_background()  # the report draws them after this pass
         scaled, extras["histograms"] = transform_with_histograms(model, source.data)
     else:
         scaled = model.transform(source.data)

@@ -35,6 +35,7 @@ import io
 import json
 import math
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -266,6 +267,27 @@ def _locator() -> Any:
     from matplotlib.ticker import MaxNLocator
 
     return MaxNLocator(5)
+
+
+def load_plotting_in_background() -> None:
+    """Start importing matplotlib's figure and PNG modules on a daemon thread.
+
+    A job calls it as the pass that counts the histograms starts: the import
+    (about 1 s; longer on a first run, which builds matplotlib's font cache)
+    then overlaps the pass, whose workers leave a core idle while they wait
+    on the disk, instead of coming after it. Importing is thread-safe: the
+    report's own import waits for this one. Without matplotlib it does
+    nothing.
+    """
+
+    def load() -> None:
+        try:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+        except ImportError:
+            pass
+
+    threading.Thread(target=load, name="scalepipe-load-plots", daemon=True).start()
 
 
 def _matplotlib_available() -> bool:

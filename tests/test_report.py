@@ -276,3 +276,26 @@ def test_profile_without_bokeh_is_refused_before_any_work(tmp_path):
     assert "--profile" in proc.stderr and "bokeh" in proc.stderr
     assert "dashboard" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_plotting_modules_load_in_the_background(installed):
+    """A job starts importing matplotlib while it counts the histograms; without
+    matplotlib the background import is silent (no traceback from the thread)."""
+    if installed:
+        pytest.importorskip("matplotlib")
+    code = textwrap.dedent(
+        f"""
+        import sys, threading
+        if not {installed}:
+            sys.modules["matplotlib"] = None
+        from scalepipe.report import load_plotting_in_background
+        load_plotting_in_background()
+        for t in threading.enumerate():
+            if t.name == "scalepipe-load-plots":
+                t.join()
+        print("matplotlib.figure" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(installed) and out.stderr == ""
