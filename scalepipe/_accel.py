@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from functools import cache
 from types import ModuleType
 
@@ -16,8 +17,22 @@ from types import ModuleType
 def _load(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(f".{name}", __package__)
-    except Exception:  # numba missing or broken: the numpy kernels are the fallback
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("numba", "llvmlite"):
+            _warn(name, exc)
+        return None  # numba not installed: the numpy kernels are the fallback
+    except Exception as exc:  # numba installed but failing: say so, and fall back
+        _warn(name, exc)
         return None
+
+
+def _warn(name: str, exc: Exception) -> None:
+    warnings.warn(
+        f"scalepipe: the numba kernels ({name}) failed to load, the numpy kernels are used instead "
+        f"(same results, slower): {type(exc).__name__}: {exc}",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def numba_kernels(name: str) -> ModuleType | None:

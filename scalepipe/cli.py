@@ -49,8 +49,10 @@ def _load_job_modules() -> None:
     and later ones sweeping those objects again, held the GIL for ~1.3 s of a
     10M-row ``scalepipe run`` (0.3 s after this). The command owns its
     process, so what the imports made can stay out of every later collection
-    (:func:`gc.freeze`). The collector is always switched back on.
+    (:func:`gc.freeze`), after one collection of the garbage they left (a
+    numba compilation leaves cycles). The collector's state is restored.
     """
+    enabled = gc.isenabled()
     gc.disable()
     try:
         import dask.dataframe  # noqa: F401
@@ -61,8 +63,10 @@ def _load_job_modules() -> None:
 
         numba_kernels("_kernels_numba")  # else loaded inside the first task, on a worker thread
     finally:
+        gc.collect()
         gc.freeze()
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:

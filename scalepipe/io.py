@@ -464,10 +464,7 @@ def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
         for file, footer in zip(files, footers, strict=True)
         for run in _row_group_runs(footer, target)
     ]
-    # each partition is conformed to meta as it is read (no second check per partition)
-    frame = dd.from_map(
-        _read_parquet_part, parts, args=(meta,), meta=meta, label="read-parquet", enforce_metadata=False
-    )
+    frame = dd.from_map(_read_parquet_part, parts, args=(meta,), meta=meta, label="read-parquet")
     return TableSource(
         frame=frame,
         files=[file for file, _ in parts],

@@ -244,7 +244,18 @@ class _Plots:
         self.drawn: list[Any] = []
 
     def png(self, i: int) -> str:
-        """Feature ``i``'s plot."""
+        """Feature ``i``'s plot.
+
+        A plot whose bars have no finite extent (edges past the largest
+        double) is drawn on a fresh figure: matplotlib keeps the previous
+        feature's limits rather than finding none.
+        """
+        sides = [s for s in (self.hist.input, self.hist.output) if s is not None]
+        if not all(np.isfinite(s.edges[i]).all() for s in sides):
+            return _Plots(self.hist)._draw(i)
+        return self._draw(i)
+
+    def _draw(self, i: int) -> str:
         for artist in self.drawn:
             artist.remove()
         self.drawn = []
@@ -284,7 +295,7 @@ def load_plotting_in_background() -> None:
         try:
             import matplotlib.backends.backend_agg  # noqa: F401
             import matplotlib.figure  # noqa: F401
-        except ImportError:
+        except Exception:  # noqa: BLE001 - the report's own import says what is wrong
             pass
 
     threading.Thread(target=load, name="scalepipe-load-plots", daemon=True).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -195,6 +196,13 @@ def test_plots_share_one_figure_without_leftovers():
     shared = report._Plots(hist)
     assert [shared.png(i) for i in (2, 0, 1)] == [alone[2], alone[0], alone[1]]
     assert len(set(alone)) == 3
+    # edges past the largest double (no finite extent): matplotlib would keep the last limits
+    edges = hist.output.edges.copy()
+    edges[1] = np.inf
+    odd = dataclasses.replace(hist, output=dataclasses.replace(hist.output, edges=edges))
+    alone = [report._Plots(odd).png(i) for i in range(3)]
+    shared = report._Plots(odd)
+    assert [shared.png(i) for i in (0, 1, 2)] == alone
 
 
 def test_flags_follow_the_data():
