@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ColumnError, DataError, ParameterError
-from .histograms import DEFAULT_BINS, Counts, count_bins, feature_values, histogram_edges, psi
+from .histograms import DEFAULT_BINS, Counts, count_bins, feature_columns, histogram_edges, psi
 from .stats import Moments, NonFiniteError, chunk_moments, merge_all, tree_reduce
 
 __all__ = ["DriftResult", "DriftThresholds", "FeatureDrift", "UnseenKeys", "drift_report"]
@@ -316,7 +316,7 @@ def _partition_pass(
     keys: Any,
     feature_names: list[Any] | None,
 ) -> _Pass:
-    x = feature_values(part, names, feature_names)
+    x = feature_columns(part, names, feature_names)  # the columns where they lie: no float64 copy
     unseen_rows, unseen_keys = 0, {}
     if key is not None:
         column = part[key]
@@ -328,11 +328,11 @@ def _partition_pass(
     return _Pass(
         moments=chunk_moments(x, names),
         counts=count_bins(x, edges),
-        below=np.count_nonzero(x < lo, axis=0).astype(np.int64),
-        above=np.count_nonzero(x > hi, axis=0).astype(np.int64),
+        below=np.array([np.count_nonzero(a < b) for a, b in zip(x.arrays, lo, strict=True)], dtype=np.int64),
+        above=np.array([np.count_nonzero(a > b) for a, b in zip(x.arrays, hi, strict=True)], dtype=np.int64),
         unseen_rows=unseen_rows,
         unseen_keys=unseen_keys,
-        rows=int(x.shape[0]),
+        rows=x.n_rows,
     )
 
 

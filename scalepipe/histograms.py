@@ -47,7 +47,6 @@ __all__ = [
     "Histograms",
     "count_bins",
     "feature_columns",
-    "feature_values",
     "histogram_edges",
     "histograms_from_dict",
     "merge_histograms",
@@ -304,11 +303,6 @@ def feature_columns(part: Any, names: Sequence[Any], feature_names: Sequence[Any
     if missing:
         raise DataError(f"column(s) {', '.join(map(repr, missing))} were fitted but are not in the data")
     return Columns([x[:, index[n]] for n in names], x.shape[0])
-
-
-def feature_values(part: Any, names: Sequence[Any], feature_names: Sequence[Any] | None = None) -> np.ndarray:
-    """The fitted features of one partition (a pandas frame or a 2-D array) as float64 columns."""
-    return feature_columns(part, names, feature_names).stacked()
 
 
 def partition_histograms(
