@@ -303,14 +303,18 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
     Raises
     ------
     DataError
-        A column has no non-missing value, or is constant under
-        ``constant_policy="error"``; the message names the columns.
+        A column has no non-missing value, is constant under
+        ``constant_policy="error"``, or has a divisor (range, standard
+        deviation, power of ten) whose inverse float64 cannot hold (it
+        would scale every value to 0 or to infinity); the message names the
+        columns.
     """
     empty = m.count == 0
     if empty.any() and not allow_empty:
         cols = _named(names, empty)
         raise DataError(f"column(s) {', '.join(map(repr, cols))}: every value is missing (NaN); cannot fit {scaler.method}")
-    center, spread, gain, offset = scaler.components(m)
+    with np.errstate(over="ignore"):  # an overflowing spread is refused below, naming the column
+        center, spread, gain, offset = scaler.components(m)
     constant = m.is_constant()
     if constant.any() and scaler.constant_policy == "error":
         cols = _named(names, constant)
@@ -320,8 +324,17 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
         )
     if scaler.constant_policy == "unit_scale" and scaler.divides_by_spread:
         spread = np.where(constant, 1.0, spread)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scale = gain / spread
+    unscalable = ~constant & (np.isinf(spread) | np.isinf(scale))
+    if unscalable.any():
+        cols = _named(names, unscalable)
+        raise DataError(
+            f"column(s) {', '.join(map(repr, cols))}: {scaler.method}'s divisor "
+            f"({', '.join(f'{v:.3g}' for v in np.unique(spread[unscalable]))}) or its inverse is beyond "
+            "float64: the values' range or magnitude is too large or too small to scale; rescale the "
+            "column before fitting"
+        )
     lo_val, hi_val = scaler.clip_bounds()
     lo, hi = np.full(m.shape, lo_val), np.full(m.shape, hi_val)
     if scaler.constant_policy in ("zero", "passthrough"):

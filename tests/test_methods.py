@@ -136,6 +136,28 @@ def test_constant_policy_error_names_column(method):
         sp.fit(CONSTANT, [scaler_from_dict({"method": method, "constant_policy": "error"})], feature_names=["c0", "c1"])
 
 
+@pytest.mark.parametrize(
+    "method, values",
+    [
+        ("minmax", [-1.5e308, 1.5e308, 0.0]),  # max - min overflows: every value would scale to 0
+        ("zscore", [-1.5e308, 1.5e308, 0.0]),  # so does the standard deviation
+        ("batchnorm", [-1.5e308, 1.5e308, 0.0]),
+        ("decimal", [1.7e308, 1.0, 0.0]),  # 10**309 overflows
+        ("zscore", [1e-310, 3e-310, 2e-310]),  # the variance underflows to 0: every value would scale to +-inf
+    ],
+)
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # and no numpy overflow warning on the way
+def test_a_divisor_float64_cannot_invert_is_refused_naming_the_column(method, values):
+    """Where the divisor (or its inverse) is beyond float64, fitting fails with a
+    clear error naming the column, instead of a silent all-zero or infinite
+    output; the other columns would have been fine."""
+    x = np.column_stack([np.arange(3.0), values])
+    with pytest.raises(DataError, match=rf"'wide'.*{method}'s divisor.*beyond float64"):
+        sp.fit(x, [scaler_from_dict({"method": method})], feature_names=["ok", "wide"])
+    model = sp.fit(x[:, :1], [scaler_from_dict({"method": method})])
+    assert np.isfinite(model.params.scale).all() and (model.params.scale != 0).all()
+
+
 def test_tiny_real_spread_is_not_constant():
     x = (1e12 + 1e-3 * np.random.default_rng(0).random(1000))[:, None]
     model = sp.fit(x, [sp.ZScore()])
