@@ -137,13 +137,14 @@ def _run(
     update: bool = False,
     profile: str | None = None,
 ) -> None:
+    from .config import load_config
+
+    cfg = load_config(config, overrides)  # a config error is reported before the heavy imports
     _load_job_modules()
     import dask
 
-    from .config import load_config
     from .pipeline import run_job
 
-    cfg = load_config(config, overrides)
     signal.signal(signal.SIGTERM, _interrupt)
     with dask.config.set({"scalepipe.progress": not quiet and sys.stdout.isatty()}):
         result = run_job(cfg, mode, scheduler=scheduler, update=update, profile=profile, echo=_echo(quiet))  # type: ignore[arg-type]
@@ -287,11 +288,9 @@ def drift(
     quiet: bool,
 ) -> None:
     """Compare new data with fitted statistics; exit 3 when drift crosses a threshold."""
-    _load_job_modules()
     from .config import ClusterConfig, load_config
     from .drift import DriftThresholds
     from .errors import ConfigError
-    from .pipeline import drift_job
 
     cfg = load_config(config, overrides) if config else None
     stats_path = stats_path or (cfg.stats.path if cfg else None)
@@ -299,12 +298,16 @@ def drift(
     if stats_path is None or input_path is None:
         raise ConfigError("drift: give a CONFIG, or both --stats and --input")
     fmt = input_format or (cfg.input.format if cfg else "parquet")
+    limits = DriftThresholds.from_overrides(thresholds)
+    _load_job_modules()  # after the arguments are checked: their errors come at once
+    from .pipeline import drift_job
+
     result = drift_job(
         stats_path,
         input_path,
         fmt,
         cfg.cluster if cfg else ClusterConfig(),
-        thresholds=DriftThresholds.from_overrides(thresholds),
+        thresholds=limits,
         scheduler=scheduler,
         echo=_echo(quiet),
     )

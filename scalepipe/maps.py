@@ -25,7 +25,7 @@ from .methods import (
     _AFFINE_FIELDS,
     Affine,
     RuleSet,
-    affine_dtype,
+    affine_output,
     apply_affine,
     invert_affine,
 )
@@ -101,10 +101,8 @@ class ThreadedMap:
         self, values: np.ndarray | Columns, positions: np.ndarray, part: Any = None, out: np.ndarray | None = None
     ) -> np.ndarray:
         n, f = values.shape
-        if isinstance(values, Columns) and out is None:
-            out = np.empty((n, f), order="F")  # a table's columns: column-major float64
-        elif out is None:
-            out = np.empty_like(values, dtype=affine_dtype(values))
+        if out is None:
+            out = affine_output(values)
         rows = block_rows(f)
         if n <= rows:
             return self.fn(values, positions, part, out)

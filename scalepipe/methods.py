@@ -355,6 +355,17 @@ def affine_dtype(x: np.ndarray | Columns) -> np.dtype:
     return x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
 
 
+def affine_output(x: np.ndarray | Columns) -> np.ndarray:
+    """A new buffer for :func:`apply_affine`'s result on ``x``.
+
+    ``x``'s shape and :func:`affine_dtype`; column-major for a table's
+    :class:`Columns` (the kernel writes each column contiguously).
+    """
+    if isinstance(x, Columns):
+        return np.empty(x.shape, order="F")
+    return np.empty_like(x, dtype=affine_dtype(x))
+
+
 def apply_affine(
     x: np.ndarray | Columns, p: Affine, out: np.ndarray | None = None, *, reject_inf: bool = False
 ) -> np.ndarray:
@@ -377,12 +388,7 @@ def apply_affine(
     clip = bool(np.isfinite(p.lo).any() or np.isfinite(p.hi).any())
     kernels = numba_kernels("_kernels_numba")
     if kernels is not None and p.center.ndim == 1 and (isinstance(x, Columns) or _fused_kind(x)):
-        if out is not None:
-            target = out
-        elif isinstance(x, Columns):
-            target = np.empty(x.shape, order="F")
-        else:
-            target = np.empty_like(x, dtype=affine_dtype(x))
+        target = affine_output(x) if out is None else out
         params = np.stack([p.center, p.scale, p.offset, p.lo, p.hi])
         if isinstance(x, np.ndarray) and x.flags.c_contiguous:
             infinite = kernels.affine(x, params, clip, target)

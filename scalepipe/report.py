@@ -244,18 +244,7 @@ class _Plots:
         self.drawn: list[Any] = []
 
     def png(self, i: int) -> str:
-        """Feature ``i``'s plot.
-
-        A plot whose bars have no finite extent (edges past the largest
-        double) is drawn on a fresh figure: matplotlib keeps the previous
-        feature's limits rather than finding none.
-        """
-        sides = [s for s in (self.hist.input, self.hist.output) if s is not None]
-        if not all(np.isfinite(s.edges[i]).all() for s in sides):
-            return _Plots(self.hist)._draw(i)
-        return self._draw(i)
-
-    def _draw(self, i: int) -> str:
+        """Feature ``i``'s plot."""
         for artist in self.drawn:
             artist.remove()
         self.drawn = []
@@ -267,6 +256,9 @@ class _Plots:
             text = label + (f"\n{outside} outside the bins" if outside else "")
             self.drawn.append(ax.stairs(side.counts[i], side.edges[i], fill=True, color=colour))
             self.drawn.append(ax.text(0.99, 0.95, text, transform=ax.transAxes, ha="right", va="top", fontsize=9))
+            # a new axes' limits, for bars without a finite extent (matplotlib would keep the last ones)
+            ax.set_xlim(0.0, 1.0, auto=None)
+            ax.set_ylim(0.0, 1.0, auto=None)
             ax.relim()
             ax.autoscale_view()
         buf = io.BytesIO()
