@@ -51,7 +51,7 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -66,6 +66,7 @@ from dask.utils import parse_bytes
 from fsspec.utils import read_block
 
 from scalepipe.artifact import fsync_dir, write_bytes_atomic, write_text_atomic
+from scalepipe.config import compression_problem
 from scalepipe.errors import ColumnError, InputError, OutputError, ScalepipeError
 
 if TYPE_CHECKING:
@@ -1020,6 +1021,7 @@ def _write_partition(
     data_format: str,
     keep_index: bool,
     schema: pa.Schema | None,
+    parquet_options: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Write one partition as ``part.<number>`` in ``folder``; runs on a worker.
 
@@ -1033,9 +1035,7 @@ def _write_partition(
         if data_format == "parquet":
             table = _arrow_table(df, schema, keep_index)
             dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
-            pq.write_table(
-                table, tmp, compression="snappy", use_dictionary=dictionary or False
-            )
+            pq.write_table(table, tmp, use_dictionary=dictionary or False, **parquet_options)
         else:
             df.to_csv(tmp, index=keep_index, header=True)
         digest, size = _sha256_and_fsync(tmp)
@@ -1061,6 +1061,8 @@ def write_table(
     format: Literal["parquet", "csv"],
     *,
     overwrite: bool = False,
+    compression: str = "snappy",
+    compression_level: int | None = None,
     alongside: Sequence[Any] = (),
 ) -> Manifest:
     """Write a table atomically: all of it at ``path``, or nothing changes there.
@@ -1080,12 +1082,16 @@ def write_table(
     path
         The output folder.
     format
-        ``"parquet"`` (snappy, no dictionary encoding for float columns) or
-        ``"csv"`` (with a header row).
+        ``"parquet"`` (no dictionary encoding for float columns) or ``"csv"``
+        (with a header row).
     overwrite
         Replace an existing output. Only a folder with scalepipe's own
         ``_SUCCESS`` manifest is ever replaced; the old one is moved aside,
         the new one moved in, and the old one deleted (restored on failure).
+    compression, compression_level
+        Parquet only: the codec of the data pages (``"snappy"``, ``"zstd"``,
+        ``"gzip"``, ``"brotli"`` or ``"none"``) and its level
+        (``None``: the codec's default; zstd 1-22, gzip 1-9, brotli 0-11).
     alongside
         Lazy values (e.g. histograms of the same partitions) computed in the
         same ``dask.compute`` as the write, so shared inputs are read once;
@@ -1118,16 +1124,20 @@ def write_table(
         raise OutputError(
             f"table output format {format!r} is not supported; use 'parquet' or 'csv'"
         )
+    problem = compression_problem(compression, compression_level) if format == "parquet" else None
+    if problem is not None:
+        raise OutputError(f"{problem[0]}: {problem[1]}")
     if isinstance(frame, pd.DataFrame):
         frame = dd.from_pandas(frame, npartitions=1, sort=False)
     meta = frame._meta
     keep_index = _index_is_meaningful(meta)
     schema = _arrow_schema(meta, keep_index) if format == "parquet" else None
     writer = dask.delayed(_write_partition, pure=False)
+    options = {"compression": compression, "compression_level": compression_level}
 
     def fill(staging: str) -> Manifest:
         tasks = [
-            writer(part, staging, number, format, keep_index, schema)
+            writer(part, staging, number, format, keep_index, schema, options)
             for number, part in enumerate(frame.to_delayed())
         ]
         written, extra = dask.compute(tasks, list(alongside))

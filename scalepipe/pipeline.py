@@ -411,7 +411,12 @@ def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...] = ()) -> An
     assert cfg.output is not None
     if cfg.output.format in TABLE_FORMATS:
         return io.write_table(
-            data, cfg.output.path, cfg.output.format, overwrite=cfg.output.overwrite, alongside=alongside  # type: ignore[arg-type]
+            data,
+            cfg.output.path,
+            cfg.output.format,  # type: ignore[arg-type]
+            overwrite=cfg.output.overwrite,
+            alongside=alongside,
+            **cfg.output.parquet_options(),
         )
     io.write_array(data, cfg.output.path, overwrite=cfg.output.overwrite)
     return None

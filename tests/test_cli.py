@@ -287,9 +287,12 @@ def test_fit_then_transform_equals_the_python_api(project):
     assert model.feature_names == ["offset", "lognormal", "f32", "const", "count"]
     np.testing.assert_allclose(model.transform(first)["offset"], zscore(first["offset"].to_numpy()), rtol=0, atol=1e-12)
 
-    result = scalepipe("transform", "job.yaml", "--set", "stats.path=ft/model.json", "--set", "input.path=b", "--set", "output.path=ft/out", cwd=home)
+    overrides = ["stats.path=ft/model.json", "input.path=b", "output.path=ft/out", "output.compression=zstd"]
+    result = scalepipe("transform", "job.yaml", *[arg for o in overrides for arg in ("--set", o)], cwd=home)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith("done in ") and "6000 rows" in result.stdout
+    for part in sorted((home / "ft" / "out").glob("part.*.parquet")):
+        assert pq.ParquetFile(part).metadata.row_group(0).column(0).compression == "ZSTD", part
     got = read_parts(home / "ft" / "out")
     want = model.transform(second)  # the Python API on a plain pandas frame
     assert got["id"].tolist() == second["id"].tolist()
@@ -314,6 +317,7 @@ BAD = {
     "string_column": (["scalers.0.columns=[id]"], "column 'id' has dtype"),
     "existing_output": ([], "'existing_output/out' exists; set output.overwrite: true"),
     "truncated_input": (["input.path=truncated"], "truncated/part.2.parquet"),
+    "codec": (["output.compression=lzo"], "output.compression: must be 'snappy', 'zstd', 'gzip', 'brotli' or 'none'"),
 }
 
 
