@@ -179,12 +179,16 @@ def _widened(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``[lo, hi]``, widened to ``mid +- max(|mid|, 1) / 2`` where it is a single value.
 
     A range of a few ulps keeps its own bounds: some of its edges coincide,
-    which counts correctly and shows the few values it holds.
+    which counts correctly and shows the few values it holds. A widened bound
+    past the largest double stops at it (a constant near it keeps finite edges).
     """
     point = ~(hi > lo)
     mid = lo * 0.5 + hi * 0.5
     half = 0.5 * np.maximum(np.abs(mid), 1.0)
-    return np.where(point, mid - half, lo), np.where(point, mid + half, hi)
+    top = np.finfo(np.float64).max
+    with np.errstate(over="ignore"):
+        below, above = np.clip(mid - half, -top, top), np.clip(mid + half, -top, top)
+    return np.where(point, below, lo), np.where(point, above, hi)
 
 
 def histogram_edges(lo: np.ndarray, hi: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:

@@ -15,7 +15,7 @@ import pytest
 import scalepipe as sp
 from scalepipe import report
 from scalepipe.errors import ArtifactError
-from scalepipe.histograms import merge_histograms, transform_with_histograms
+from scalepipe.histograms import count_bins, histogram_edges, merge_histograms, transform_with_histograms
 
 from .conftest import mixed_frame
 
@@ -54,6 +54,16 @@ def new_data(train: pd.DataFrame, seed: int = 5) -> pd.DataFrame:
     new.loc[:50, "lognormal"] = new["lognormal"].max() * 3
     new.loc[60:80, "count"] = -10_000
     return new
+
+
+@pytest.mark.parametrize("value", [1.7e308, -1.7e308, np.finfo(np.float64).max, -np.finfo(np.float64).max, 5.0, 0.0])
+def test_a_constant_column_gets_finite_edges_that_hold_it(value):
+    """A constant's bins are widened around it, and stop at the largest
+    double instead of overflowing (the edges were inf and NaN near it)."""
+    edges = histogram_edges(np.array([value]), np.array([value]), 4)
+    assert np.isfinite(edges).all() and (np.diff(edges) > 0).all(), edges
+    counted = count_bins(np.full((3, 1), value), edges)
+    assert counted.counts.sum() == 3 and counted.under[0] == counted.over[0] == 0
 
 
 def test_histograms_equal_numpy_in_memory():
