@@ -767,7 +767,7 @@ def _dask_ml_transform(ctx: Ctx) -> dict[str, Any]:
 # ---- transform Parquet -> Parquet
 
 
-def _pyarrow_copy(ctx: Ctx, durable: bool) -> dict[str, Any]:
+def _pyarrow_copy(ctx: Ctx, durable: bool, codec: str = "snappy") -> dict[str, Any]:
     from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.parquet as pq
@@ -777,7 +777,7 @@ def _pyarrow_copy(ctx: Ctx, durable: bool) -> dict[str, Any]:
 
     def one(args: tuple[str, str]) -> None:
         src, dst = args
-        pq.write_table(pq.read_table(src, use_threads=False), dst, compression="snappy", use_dictionary=False)
+        pq.write_table(pq.read_table(src, use_threads=False), dst, compression=codec, use_dictionary=False)
         if durable:
             h = hashlib.sha256()
             with open(dst, "rb") as fh:
@@ -805,7 +805,7 @@ def _pa_copy_durable(ctx: Ctx) -> dict[str, Any]:
     return _pyarrow_copy(ctx, durable=True)
 
 
-def _sp_transform_parquet(ctx: Ctx, kind: str) -> dict[str, Any]:
+def _sp_transform_parquet(ctx: Ctx, kind: str, codec: str = "snappy") -> dict[str, Any]:
     import scalepipe as sp
     from scalepipe import io
 
@@ -815,7 +815,7 @@ def _sp_transform_parquet(ctx: Ctx, kind: str) -> dict[str, Any]:
     def run() -> None:
         state["out"] = ctx.scratch()
         frame = io.read_table(ctx.parquet, "parquet").frame
-        io.write_table(model.transform(frame), state["out"], "parquet")
+        io.write_table(model.transform(frame), state["out"], "parquet", compression=codec)
 
     with scheduler(kind):
         model = sp.fit(io.read_table(ctx.parquet, "parquet").frame, scalers=rules)
@@ -827,6 +827,28 @@ for _kind in ("threads", "lc_procs", "lc_threads"):
     case(f"sp_transform_parquet_{_kind}", "transform Parquet->Parquet", f"scalepipe write_table(model.transform(frame)), {SCHEDULER_LABEL[_kind]}", floor="pyarrow_copy", floor2="pyarrow_copy_durable")(
         lambda ctx, _k=_kind: _sp_transform_parquet(ctx, _k)
     )
+
+
+UNCOMPRESSED = "transform Parquet->Parquet, output.compression: none"
+
+
+@case("pyarrow_copy_none", UNCOMPRESSED, f"pyarrow read+write copy, {CORES} threads, no dictionary, no compression [floor]")
+def _pa_copy_none(ctx: Ctx) -> dict[str, Any]:
+    return _pyarrow_copy(ctx, durable=False, codec="none")
+
+
+@case("pyarrow_copy_durable_none", UNCOMPRESSED, "the same + sha256 + fsync per file", floor="pyarrow_copy_none")
+def _pa_copy_durable_none(ctx: Ctx) -> dict[str, Any]:
+    return _pyarrow_copy(ctx, durable=True, codec="none")
+
+
+@case(
+    "sp_transform_parquet_none_threads", UNCOMPRESSED,
+    "scalepipe write_table(model.transform(frame), compression='none'), threaded scheduler",
+    floor="pyarrow_copy_none", floor2="pyarrow_copy_durable_none",
+)
+def _sp_transform_parquet_none(ctx: Ctx) -> dict[str, Any]:
+    return _sp_transform_parquet(ctx, "threads", codec="none")
 
 
 @case("polars_zscore_sink", "transform Parquet->Parquet", "polars z-score sink_parquet, one file per input file", floor="pyarrow_copy", floor2="pyarrow_copy_durable", optional="polars")
@@ -1121,6 +1143,7 @@ ORDER = [
     "np_copyto", "np_copy", "sp_transform_mem", "sp_transform_mem_out", "numpy_outofplace_mem", "sklearn_transform_mem", "dask_ml_transform_mem",
     "pyarrow_copy", "pyarrow_copy_durable", "sp_transform_parquet_threads", "sp_transform_parquet_lc_procs",
     "sp_transform_parquet_lc_threads", "polars_zscore_sink", "dask_dataframe_transform",
+    "pyarrow_copy_none", "pyarrow_copy_durable_none", "sp_transform_parquet_none_threads",
     "sp_cli_run", "sp_cli_run_noreport",
 ]
 assert set(ORDER) == set(CASES), set(ORDER) ^ set(CASES)

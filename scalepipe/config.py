@@ -35,6 +35,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from .codecs import ParquetCodec, compression_problem
 from .errors import ConfigError, ParameterError
 from .methods import METHODS, Scaler, scaler_from_dict
 
@@ -55,30 +56,6 @@ __all__ = [
 KeyPath = tuple[str | int, ...]
 
 TABLE_FORMATS = ("parquet", "csv")
-ParquetCodec = Literal["snappy", "zstd", "gzip", "brotli", "none"]
-#: The Parquet codecs with levels, and the levels accepted for them.
-COMPRESSION_LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "brotli": (0, 11)}
-
-
-def compression_problem(codec: str, level: int | None) -> tuple[str, str] | None:
-    """What is wrong with a Parquet codec and level, as ``(setting, problem)``; ``None`` if nothing.
-
-    ``setting`` is ``"compression"`` or ``"compression_level"``.
-    """
-    codecs = typing.get_args(ParquetCodec)
-    if codec not in codecs:
-        return "compression", f"must be one of {', '.join(codecs)}, got {_brief(codec)}"
-    if level is None:
-        return None
-    if codec not in COMPRESSION_LEVELS:
-        return "compression_level", (
-            f"{codec!r} has no levels, got {_brief(level)}; remove it or set compression to one of "
-            f"{', '.join(COMPRESSION_LEVELS)}"
-        )
-    low, high = COMPRESSION_LEVELS[codec]
-    if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
-        return "compression_level", f"must be an integer from {low} to {high} for {codec}, got {_brief(level)}"
-    return None
 ARRAY_FORMATS = ("zarr", "netcdf")
 
 # Strict: YAML already types its values, so a quoted "2" for n_workers or a
@@ -310,11 +287,11 @@ class OutputConfig(BaseModel):
     overwrite
         Replace an existing destination.
     compression
-        Parquet only: the codec of the data pages (``"snappy"`` by default;
-        ``"none"`` writes fastest, ``"zstd"`` smallest).
+        Parquet only: the codec of the data pages (see
+        :data:`scalepipe.codecs.ParquetCodec`).
     compression_level
         Parquet with ``zstd``, ``gzip`` or ``brotli`` only: the codec's level
-        (the codec's default when ``None``).
+        (pyarrow's default for the codec when ``None``).
     """
 
     model_config = _SECTION
@@ -322,23 +299,34 @@ class OutputConfig(BaseModel):
     format: Literal["parquet", "zarr", "csv"]
     path: NonEmptyStr
     overwrite: bool = False
-    compression: ParquetCodec | None = None
+    compression: ParquetCodec = "snappy"
     compression_level: int | None = None
+
+    @field_validator("compression", mode="before")
+    @classmethod
+    def _check_codec(cls, value: object) -> object:
+        problem = compression_problem(value, None)
+        if problem is not None:
+            raise _FieldError((), problem[1])
+        return value
 
     @model_validator(mode="after")
     def _check_compression(self) -> Self:
         if self.format != "parquet":
             for name in ("compression", "compression_level"):
-                if getattr(self, name) is not None:
+                if name in self.model_fields_set:
                     raise _unused(name, getattr(self, name), "format: parquet", f"format is {self.format!r}")
-        problem = compression_problem(self.compression or "snappy", self.compression_level)
+        given = "compression" in self.model_fields_set
+        problem = compression_problem(self.compression, self.compression_level, codec_given=given)
         if problem is not None:
             raise _FieldError((problem[0],), problem[1])
         return self
 
     def parquet_options(self) -> dict[str, Any]:
-        """The codec settings as keyword arguments of :func:`scalepipe.io.write_table`."""
-        return {"compression": self.compression or "snappy", "compression_level": self.compression_level}
+        """The codec settings as keyword arguments of :func:`scalepipe.io.write_table` (``{}`` for CSV)."""
+        if self.format != "parquet":
+            return {}
+        return {"compression": self.compression, "compression_level": self.compression_level}
 
 
 def _checked_rule(rule: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,7 @@ from dask.utils import parse_bytes
 from fsspec.utils import read_block
 
 from scalepipe.artifact import fsync_dir, write_bytes_atomic, write_text_atomic
-from scalepipe.config import compression_problem
+from scalepipe.codecs import compression_problem
 from scalepipe.errors import ColumnError, InputError, OutputError, ScalepipeError
 
 if TYPE_CHECKING:
@@ -1061,7 +1061,7 @@ def write_table(
     format: Literal["parquet", "csv"],
     *,
     overwrite: bool = False,
-    compression: str = "snappy",
+    compression: str | None = None,
     compression_level: int | None = None,
     alongside: Sequence[Any] = (),
 ) -> Manifest:
@@ -1089,9 +1089,10 @@ def write_table(
         ``_SUCCESS`` manifest is ever replaced; the old one is moved aside,
         the new one moved in, and the old one deleted (restored on failure).
     compression, compression_level
-        Parquet only: the codec of the data pages (``"snappy"``, ``"zstd"``,
-        ``"gzip"``, ``"brotli"`` or ``"none"``) and its level
-        (``None``: the codec's default; zstd 1-22, gzip 1-9, brotli 0-11).
+        Parquet only: the codec of the data pages (``"snappy"`` when
+        ``None``, ``"zstd"``, ``"gzip"``, ``"brotli"`` or ``"none"``) and its
+        level (``None``: pyarrow's default for the codec; zstd 1-22, gzip
+        1-9, brotli 0-11).
     alongside
         Lazy values (e.g. histograms of the same partitions) computed in the
         same ``dask.compute`` as the write, so shared inputs are read once;
@@ -1124,7 +1125,10 @@ def write_table(
         raise OutputError(
             f"table output format {format!r} is not supported; use 'parquet' or 'csv'"
         )
-    problem = compression_problem(compression, compression_level) if format == "parquet" else None
+    if format != "parquet" and (compression, compression_level) != (None, None):
+        raise OutputError(f"compression and compression_level apply to parquet output only, not {format}")
+    codec = compression or "snappy"
+    problem = compression_problem(codec, compression_level, codec_given=compression is not None)
     if problem is not None:
         raise OutputError(f"{problem[0]}: {problem[1]}")
     if isinstance(frame, pd.DataFrame):
@@ -1133,7 +1137,7 @@ def write_table(
     keep_index = _index_is_meaningful(meta)
     schema = _arrow_schema(meta, keep_index) if format == "parquet" else None
     writer = dask.delayed(_write_partition, pure=False)
-    options = {"compression": compression, "compression_level": compression_level}
+    options = {"compression": codec, "compression_level": compression_level}
 
     def fill(staging: str) -> Manifest:
         tasks = [

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .codecs import describe
 from .config import TABLE_FORMATS, Config, config_hash
 from .errors import ColumnError, ConfigError, OutputError
 from .model import Model, fit, load, resolve_columns
@@ -203,6 +204,9 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
     scalers = cfg.scaler_objects()
     features, passthrough = resolve_columns(view, scalers, exclude=_key_columns(cfg))
     lines = [f"input: {len(source.files)} file(s), {len(view.names)} column(s)"]
+    if cfg.output is not None:
+        codec = f" ({describe(cfg.output.compression, cfg.output.compression_level)})" if cfg.output.format == "parquet" else ""
+        lines.append(f"output: {cfg.output.format}{codec} -> {cfg.output.path}")
     for i, scaler in enumerate(scalers):
         mine = [str(f.name) for f in features if f.rule == i]
         lines.append(f"scalers[{i}] {scaler.method}: {', '.join(mine)}")

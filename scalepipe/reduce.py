@@ -25,11 +25,11 @@ from .maps import ValueMap
 from .stats import ExactMoments, Moments, chunk_moments, merge_all, tree_reduce
 
 __all__ = [
-    "frame_key_moments",
     "array_batch_moments",
     "array_moments",
     "compute",
     "frame_batch_moments",
+    "frame_key_moments",
     "frame_moments",
     "transform_array",
     "transform_frame",

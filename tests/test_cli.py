@@ -246,12 +246,12 @@ def test_validate_prints_rule_columns_without_computing(quickstart):
     home, _ = quickstart
     success = home / "quickstart-data" / "out" / "train_scaled" / "_SUCCESS"
     before = success.stat().st_mtime_ns
-    result = scalepipe(
-        "validate", "configs/quickstart.yaml", "--set", "stats.path=fresh/stats.json", "--set", "output.overwrite=false", cwd=home
-    )
+    overrides = ["stats.path=fresh/stats.json", "output.overwrite=false", "output.compression=zstd", "output.compression_level=3"]
+    result = scalepipe("validate", "configs/quickstart.yaml", *[arg for o in overrides for arg in ("--set", o)], cwd=home)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "input: 8 file(s), 7 column(s)",
+        "output: parquet (zstd level 3) -> quickstart-data/out/train_scaled",
         "scalers[0] zscore: temperature, pressure",
         "scalers[1] minmax: income, reading",
         "scalers[2] decimal: visits",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -427,25 +428,38 @@ def test_write_table_compression(tmp_path, sync, codec, level, stored):
 
 
 @pytest.mark.parametrize(
-    ("codec", "level", "message"),
+    ("fmt", "codec", "level", "message"),
     [
-        ("lz4", None, "compression: must be one of snappy, zstd, gzip, brotli, none, got 'lz4'"),
-        ("snappy", 3, "compression_level: 'snappy' has no levels, got 3"),
-        ("zstd", 23, "compression_level: must be an integer from 1 to 22 for zstd, got 23"),
+        ("parquet", "lz4", None, "compression: must be 'snappy', 'zstd', 'gzip', 'brotli' or 'none', got 'lz4'"),
+        ("parquet", "snappy", 3, "compression_level: 'snappy' has no levels, got 3"),
+        ("parquet", None, 3, "compression_level: compression is unset (default 'snappy'), which has no levels"),
+        ("parquet", "zstd", 23, "compression_level: must be an integer from 1 to 22 for zstd, got 23"),
+        ("csv", "zstd", None, "compression and compression_level apply to parquet output only, not csv"),
     ],
 )
-def test_write_table_refuses_a_bad_codec_before_writing(tmp_path, sync, codec, level, message):
+def test_write_table_refuses_a_bad_codec_before_writing(tmp_path, sync, fmt, codec, level, message):
     frame = dd.from_pandas(make_frame(0, 10), npartitions=1)
-    with pytest.raises(OutputError, match=message.replace("(", r"\(")):
-        write_table(frame, str(tmp_path / "out"), "parquet", compression=codec, compression_level=level)
+    with pytest.raises(OutputError, match=re.escape(message)):
+        write_table(frame, str(tmp_path / "out"), fmt, compression=codec, compression_level=level)
     assert leftovers(tmp_path) == []
 
 
-def test_compression_levels_are_within_pyarrows():
-    from scalepipe.config import COMPRESSION_LEVELS
+def test_compression_levels_are_pyarrows_and_change_the_output(tmp_path, sync):
+    """Each level bound is one pyarrow accepts (gzip's and brotli's are
+    pyarrow's own), and writes a readable file; a higher level writes a
+    smaller one on compressible data."""
+    from scalepipe.codecs import COMPRESSION_LEVELS
 
+    expected = pd.DataFrame({"x": np.round(np.random.default_rng(1).standard_normal(20_000), 2)})
     for codec, (low, high) in COMPRESSION_LEVELS.items():
         assert pa.Codec.minimum_compression_level(codec) <= low < high <= pa.Codec.maximum_compression_level(codec)
+        sizes = []
+        for level in (low, high):
+            out = tmp_path / f"{codec}{level}"
+            manifest = write_table(expected, str(out), "parquet", compression=codec, compression_level=level)
+            assert_same_frame(read_table(str(out), "parquet").frame.compute(), expected)
+            sizes.append(manifest.files[0].bytes)
+        assert sizes[1] < sizes[0], (codec, sizes)
 
 
 def test_write_csv_round_trip(tmp_path, client):

@@ -220,6 +220,7 @@ def test_validate_job_lists_rules_and_warns_about_an_existing_output(tmp_path, c
     lines, warnings = validate_job(job("csv_example.yaml", tmp_path, f"input.path={folder}"))
     assert lines == [
         "input: 2 file(s), 8 column(s)",
+        f"output: csv -> {tmp_path / 'out'}",
         "scalers[0] zscore: age, income",
         "scalers[1] minmax: px_1, px_2",
         "scalers[2] decimal: amount",
