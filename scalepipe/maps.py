@@ -75,7 +75,7 @@ class AffineMap:
         if self.inverse:
             return invert_affine(values, p)
         try:
-            return apply_affine(values, p, out, reject_inf=True)
+            return apply_affine(values, p, out, reject_inf=positions >= 0)  # passthrough columns may hold inf
         except NonFiniteError as err:
             raise _named_inf(err, self.names, positions) from None
 

@@ -96,6 +96,8 @@ class Scaler(abc.ABC):
     #: Whether the method divides by the column's spread, which is 0 for a
     #: constant column (and so what ``unit_scale`` replaces by 1).
     divides_by_spread: ClassVar[bool] = True
+    #: Booleans among the fields, checked as such (a string such as "no" is not false).
+    _FLAGS: ClassVar[tuple[str, ...]] = ()
 
     columns: Sequence[Column] | None = None
     constant_policy: ConstantPolicy = "unit_scale"
@@ -112,6 +114,14 @@ class Scaler(abc.ABC):
                 "constant_policy",
                 f"{self.constant_policy!r} is not one of {', '.join(map(repr, CONSTANT_POLICIES))}",
             )
+        for name in self._FLAGS:
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ParameterError(name, f"must be true or false, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    def min_count(self) -> int:
+        """The fewest non-missing values a column needs for the parameters to exist."""
+        return 1
 
     def to_dict(self) -> dict[str, Any]:
         """The rule as plain data (``method`` first), for configs and artifacts."""
@@ -139,13 +149,14 @@ class MinMax(Scaler):
     """
 
     method: ClassVar[str] = "minmax"
+    _FLAGS: ClassVar[tuple[str, ...]] = ("clip",)
     feature_range: tuple[float, float] = (0.0, 1.0)
     clip: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        fr = tuple(float(v) for v in self.feature_range)
-        if len(fr) != 2 or not all(math.isfinite(v) for v in fr) or not fr[0] < fr[1]:
+        fr = _numbers(self.feature_range)
+        if fr is None or len(fr) != 2 or not all(math.isfinite(v) for v in fr) or not fr[0] < fr[1]:
             raise ParameterError("feature_range", f"must be two finite numbers [a, b] with a < b, got {self.feature_range!r}")
         object.__setattr__(self, "feature_range", fr)
 
@@ -168,6 +179,7 @@ class ZScore(Scaler):
     """
 
     method: ClassVar[str] = "zscore"
+    _FLAGS: ClassVar[tuple[str, ...]] = ("with_mean", "with_std")
     with_mean: bool = True
     with_std: bool = True
     ddof: int = 0
@@ -176,6 +188,9 @@ class ZScore(Scaler):
         super().__post_init__()
         if isinstance(self.ddof, bool) or not isinstance(self.ddof, int) or self.ddof < 0:
             raise ParameterError("ddof", f"must be a non-negative integer, got {self.ddof!r}")
+
+    def min_count(self) -> int:
+        return self.ddof + 1 if self.with_std else 1
 
     def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         center = m.mean if self.with_mean else np.zeros(m.shape)
@@ -229,6 +244,10 @@ class BatchNorm(Scaler):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("gamma", "beta", "eps", "momentum"):
+            value = getattr(self, name)
+            if not (value is None and name == "momentum") and _numbers([value]) is None:
+                raise ParameterError(name, f"must be a number, got {value!r}")
         for name in ("gamma", "beta"):
             if not math.isfinite(getattr(self, name)):
                 raise ParameterError(name, f"must be finite, got {getattr(self, name)!r}")
@@ -286,6 +305,15 @@ def decimal_exponent(absmax: float) -> int:
     return j
 
 
+def _numbers(values: object) -> tuple[float, ...] | None:
+    """``values`` as floats, or ``None`` unless it is a sequence of real numbers (not booleans or strings)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        return None
+    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        return None
+    return tuple(float(v) for v in values)
+
+
 def _named(names: Sequence[object], mask: np.ndarray) -> list[object]:
     """Names of the features (last axis) where ``mask`` holds anywhere."""
     return [names[i] for i in np.unique(np.nonzero(mask)[-1])]
@@ -313,20 +341,29 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
     if empty.any() and not allow_empty:
         cols = _named(names, empty)
         raise DataError(f"column(s) {', '.join(map(repr, cols))}: every value is missing (NaN); cannot fit {scaler.method}")
+    few = ~empty & (m.count < scaler.min_count())
+    if few.any() and not allow_empty:
+        cols = _named(names, few)
+        raise DataError(
+            f"column(s) {', '.join(map(repr, cols))}: {scaler.method} with ddof={getattr(scaler, 'ddof', 0)} needs at "
+            f"least {scaler.min_count()} non-missing values, got {int(np.min(m.count[few]))}"
+        )
     with np.errstate(over="ignore"):  # an overflowing spread is refused below, naming the column
         center, spread, gain, offset = scaler.components(m)
     constant = m.is_constant()
     if constant.any() and scaler.constant_policy == "error":
         cols = _named(names, constant)
         raise DataError(
-            f"column(s) {', '.join(map(repr, cols))} are constant; {scaler.method} would divide by zero "
-            "(set constant_policy to unit_scale, zero or passthrough)"
+            f"column(s) {', '.join(map(repr, cols))} are constant (range within 4 ulps of the magnitude) and "
+            "constant_policy is 'error' (set it to unit_scale, zero or passthrough)"
         )
     if scaler.constant_policy == "unit_scale" and scaler.divides_by_spread:
         spread = np.where(constant, 1.0, spread)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scale = gain / spread
-    unscalable = ~constant & (np.isinf(spread) | np.isinf(scale))
+    # a constant column keeps its divisor unless its policy replaces the map below
+    overridden = constant & (scaler.constant_policy in ("zero", "passthrough"))
+    unscalable = ~overridden & (np.isinf(spread) | np.isinf(scale) | ((scale == 0) & (gain != 0)))
     if unscalable.any():
         cols = _named(names, unscalable)
         raise DataError(
@@ -367,7 +404,7 @@ def affine_output(x: np.ndarray | Columns) -> np.ndarray:
 
 
 def apply_affine(
-    x: np.ndarray | Columns, p: Affine, out: np.ndarray | None = None, *, reject_inf: bool = False
+    x: np.ndarray | Columns, p: Affine, out: np.ndarray | None = None, *, reject_inf: bool | np.ndarray = False
 ) -> np.ndarray:
     """Apply ``p`` to the columns of ``x`` (shape ``(n, n_features)``; NaN stays NaN).
 
@@ -375,8 +412,9 @@ def apply_affine(
     integer input, and for a table's :class:`~scalepipe.stats.Columns`, which
     are read in place and give a column-major result). ``x`` is never
     modified; pass ``out`` to reuse a buffer scalepipe owns. With
-    ``reject_inf``, an infinity in ``x`` raises
-    :class:`~scalepipe.stats.NonFiniteError` naming its column's position.
+    ``reject_inf`` (true, or true per column), an infinity in ``x`` (in such
+    a column) raises :class:`~scalepipe.stats.NonFiniteError` naming its
+    column's position.
 
     Examples
     --------
@@ -395,11 +433,11 @@ def apply_affine(
         else:
             columns = x if isinstance(x, Columns) else Columns.of(x)
             infinite = kernels.column_affine(*columns.pointers(), columns.n_rows, params, clip, target)
-        if reject_inf and infinite.any():
-            raise NonFiniteError(np.flatnonzero(infinite))
+        if (infinite & reject_inf).any():
+            raise NonFiniteError(np.flatnonzero(infinite & reject_inf))
         return target
     x = x.stacked() if isinstance(x, Columns) else np.asarray(x)
-    if reject_inf and x.dtype.kind == "f" and (infinite := np.isinf(x).any(axis=0)).any():
+    if np.any(reject_inf) and x.dtype.kind == "f" and (infinite := np.isinf(x).any(axis=0) & reject_inf).any():
         raise NonFiniteError(np.flatnonzero(infinite))
     y = np.subtract(x, p.center, dtype=np.float64)
     y *= p.scale

@@ -637,6 +637,8 @@ def _check_out(out: Any, data: Any, fn: Any) -> None:
 def _as_scalers(scalers: Sequence[Scaler | dict[str, Any]] | None) -> list[Scaler]:
     if scalers is None:
         return [ZScore()]
+    if isinstance(scalers, (Scaler, dict)):
+        scalers = [scalers]
     out = []
     for i, s in enumerate(scalers):
         if isinstance(s, Scaler):
@@ -678,7 +680,7 @@ def fit(
         this process on threads; Dask collections on the active scheduler
         (a ``distributed.Client`` if one is active), with one ``compute``.
     scalers
-        Rules, first match wins: ``sp.ZScore(["age"])``, ``sp.MinMax(["px_*"])``,
+        Rules, first match wins (one rule may be given alone): ``sp.ZScore(["age"])``, ``sp.MinMax(["px_*"])``,
         or dicts such as ``{"method": "zscore", "columns": ["age"]}``. A rule
         without columns takes every numeric column not matched earlier.
         Default: ``[sp.ZScore()]``.
@@ -697,8 +699,9 @@ def fit(
         A label per partition (e.g. its file) for error messages.
     exact
         Accumulate exact sums of ``x`` and ``x*x`` (global scope): the mean and
-        variance are correctly rounded and bit-identical for any chunking,
-        merge order or cluster size.
+        the sum of squared deviations are correctly rounded (the variance is
+        their float64 quotient, within an ulp), and all are bit-identical for
+        any chunking, merge order or cluster size.
     meta
         Provenance to record in the artifact (``config_hash``, ``input_fingerprint``).
 

@@ -20,7 +20,7 @@ import numpy as np
 from .batches import batch_moments
 from .errors import ColumnError, DataError
 from .maps import ValueMap, on_threads
-from .stats import array_moments
+from .stats import Columns, array_moments
 
 __all__ = ["View", "view_of"]
 
@@ -186,15 +186,22 @@ class ArrayView(View):
         return x.reshape(-1, int(np.prod(self.feature_shape, dtype=np.int64)))
 
     def moments(self, names: Sequence[Any], exact: bool = False) -> Any:
+        """Statistics of ``names``; the other features are not read (an infinity there is no error)."""
         pos = self.positions(names)
+        every = np.array_equal(pos, np.arange(len(self.names)))
         if self._dask:
             import dask
 
             from . import reduce
 
+            if self.data.ndim == 2 and not every:  # rows x features: read the chosen columns only
+                return reduce.array_moments(self.data[:, pos], (0,), self.name_grid[pos], exact)
             full = reduce.array_moments(self.data, self.reduce_axes, self.name_grid, exact)
             return dask.delayed(_take_flat, pure=True)(full, pos)
-        return array_moments(self._flat(), self.names, exact=exact).take(pos)
+        flat = self._flat()
+        if not every:
+            flat = Columns([flat[:, p] for p in pos])
+        return array_moments(flat, [self.names[p] for p in pos], exact=exact)
 
     def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         pos = self.positions(names)
@@ -262,6 +269,7 @@ class XarrayView(View):
             self.parts[var] = ArrayView(arr.data, axes, grid, kind)
         self._dask = any(p._dask for p in self.parts.values())
         self.names = [n for p in self.parts.values() for n in p.names]
+        _refuse_repeats(self.names, " (a dimension's coordinate labels repeat)")
         self.dtypes = [t for p in self.parts.values() for t in p.dtypes]
         self.numeric = [True] * len(self.names)
 
@@ -304,6 +312,16 @@ class XarrayView(View):
             else:
                 out = out.copy(data=scaled)
         return out
+
+
+def _refuse_repeats(names: Sequence[Any], where: str) -> None:
+    """A :class:`ColumnError` naming the first feature name that appears more than once."""
+    seen: set[Any] = set()
+    for name in names:
+        if name in seen:
+            count = sum(1 for n in names if n == name)
+            raise ColumnError(f"feature name {name!r} appears {count} times{where}; feature names must be unique")
+        seen.add(name)
 
 
 def _concat_take(parts: list[Any], index: np.ndarray) -> Any:
@@ -350,6 +368,7 @@ def view_of(data: Any, feature_names: Sequence[Any] | None = None, reduce_dims: 
         names = list(feature_names) if feature_names is not None else list(range(n))
         if len(names) != n:
             raise DataError(f"feature_names has {len(names)} names for an array of {n} columns")
+        _refuse_repeats(names, " in feature_names")
         grid = np.empty(n, dtype=object)
         grid[:] = names
         return ArrayView(data, (0,), grid, "dask.array" if is_dask else "numpy")

@@ -132,7 +132,7 @@ def test_constant_policy_passthrough(method):
 
 @pytest.mark.parametrize("method", ["minmax", "zscore", "decimal", "batchnorm"])
 def test_constant_policy_error_names_column(method):
-    with pytest.raises(DataError, match=r"'c0'.*constant"):
+    with pytest.raises(DataError, match=r"'c0' are constant .*and constant_policy is 'error'"):
         sp.fit(CONSTANT, [scaler_from_dict({"method": method, "constant_policy": "error"})], feature_names=["c0", "c1"])
 
 
@@ -144,6 +144,9 @@ def test_constant_policy_error_names_column(method):
         ("batchnorm", [-1.5e308, 1.5e308, 0.0]),
         ("decimal", [1.7e308, 1.0, 0.0]),  # 10**309 overflows
         ("zscore", [1e-310, 3e-310, 2e-310]),  # the variance underflows to 0: every value would scale to +-inf
+        ("decimal", [1.797e308] * 3),  # a constant keeps decimal's divisor: 10**309 overflows
+        ("decimal", [5e-324] * 3),  # and 1 / 10**-323 overflows
+        ("decimal", [5e-324, 1e-323, 1.5e-323]),
     ],
 )
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # and no numpy overflow warning on the way
@@ -171,6 +174,17 @@ def test_ulp_level_range_is_constant():
     assert sp.fit(x, [sp.ZScore()]).summary()[0]["constant"]
 
 
+@pytest.mark.parametrize("ddof, rows", [(1, 1), (3, 3), (3, 2)])
+def test_zscore_needs_more_values_than_ddof(ddof, rows):
+    """The standard deviation with ``ddof`` divides by ``count - ddof``: with
+    too few values every output would be NaN or infinite, so fitting fails."""
+    x = np.column_stack([np.arange(float(rows)), np.r_[np.arange(float(rows)), np.full(2, np.nan)][:rows]])
+    with pytest.raises(DataError, match=rf"column\(s\) 0, 1: zscore with ddof={ddof} needs at least {ddof + 1} non-missing values, got {rows}"):
+        sp.fit(x, [sp.ZScore(ddof=ddof)])
+    model = sp.fit(np.arange(float(ddof + 1))[:, None], [sp.ZScore(ddof=ddof)])
+    assert np.isfinite(model.params.scale).all()
+
+
 def test_all_nan_column_is_an_error():
     x = np.array([[np.nan, 1.0], [np.nan, 2.0]])
     with pytest.raises(DataError, match="'empty'.*missing"):
@@ -188,6 +202,12 @@ def test_all_nan_column_is_an_error():
         ({"method": "zscore", "ddof": -1}, "ddof"),
         ({"method": "zscore", "constant_policy": "clamp"}, "constant_policy"),
         ({"method": "zscore", "bogus": 1}, "bogus"),
+        ({"method": "minmax", "clip": "no"}, "clip"),  # a non-empty string is not false
+        ({"method": "zscore", "with_std": 0}, "with_std"),
+        ({"method": "batchnorm", "gamma": "1"}, "gamma"),
+        ({"method": "batchnorm", "eps": None}, "eps"),
+        ({"method": "minmax", "feature_range": "ab"}, "feature_range"),
+        ({"method": "minmax", "feature_range": [0, True]}, "feature_range"),
         ({"method": "robust"}, "method"),
     ],
 )

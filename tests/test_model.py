@@ -354,3 +354,38 @@ def test_transform_out_refused_where_it_cannot_apply():
         model.transform(pd.DataFrame(x, columns=["0", "1", "2"]), out=np.empty((50, 3)))
     with pytest.raises(ParameterError, match="2-D numpy"):
         sp.fit(x, scope="partition").transform(x, stats="batch", out=np.empty((50, 3)))
+
+
+def test_one_rule_may_be_given_alone():
+    x = np.random.default_rng(0).standard_normal((50, 2))
+    np.testing.assert_array_equal(sp.fit(x, sp.ZScore()).transform(x), sp.fit(x, [sp.ZScore()]).transform(x))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_an_infinity_in_a_column_no_rule_fits_is_no_error(lazy):
+    """Only the fitted columns are read at fit (as for tables); the other
+    passes through, infinity included, and the statistics equal numpy's."""
+    x = np.column_stack([np.arange(6.0), [1.0, np.inf, 2.0, 3.0, -np.inf, 4.0], np.arange(6.0) ** 2])
+    data = x
+    if lazy:
+        import dask.array as da
+
+        data = da.from_array(x, chunks=(4, 3))
+    model = sp.fit(data, [sp.MinMax([2]), sp.ZScore([0])])
+    assert model.feature_names == [0, 2] and model.passthrough == [1]
+    np.testing.assert_allclose(model.moments.mean, [x[:, 0].mean(), x[:, 2].mean()], rtol=1e-15)
+    np.testing.assert_allclose(model.moments.max, [5.0, 25.0], rtol=0)
+    out = np.asarray(model.transform(data))
+    np.testing.assert_array_equal(out[:, 1], x[:, 1])
+    with pytest.raises(DataError, match="column 1: infinite values"):
+        sp.fit(data, [sp.ZScore()])
+
+
+def test_repeated_feature_names_are_refused():
+    x = np.arange(12.0).reshape(4, 3)
+    with pytest.raises(ColumnError, match="feature name 'x' appears 2 times in feature_names"):
+        sp.fit(x, [sp.ZScore()], feature_names=["x", "x", "y"])
+    xr = pytest.importorskip("xarray")
+    labelled = xr.DataArray(x[:, :2], dims=("t", "c"), coords={"c": ["a", "a"]}, name="v")
+    with pytest.raises(ColumnError, match=r"feature name 'v\[a\]' appears 2 times \(a dimension's coordinate labels repeat\)"):
+        sp.fit(labelled, [sp.MinMax()])
