@@ -361,16 +361,18 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
         spread = np.where(constant, 1.0, spread)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scale = gain / spread
-    # a constant column keeps its divisor unless its policy replaces the map below
-    overridden = constant & (scaler.constant_policy in ("zero", "passthrough"))
-    unscalable = ~overridden & (np.isinf(spread) | np.isinf(scale) | ((scale == 0) & (gain != 0)))
+    # a constant column keeps its divisor unless its policy replaces the map below; statistics
+    # of no (or too few) values have NaN parameters where allowed
+    exempt = (constant & (scaler.constant_policy in ("zero", "passthrough"))) | empty | few
+    unscalable = ~exempt & (~np.isfinite(spread) | ~np.isfinite(scale) | ((scale == 0) & (gain != 0)))
     if unscalable.any():
         cols = _named(names, unscalable)
+        overflow = " (the squared deviations overflow float64 beyond about 1e154)" if np.isnan(spread[unscalable]).any() else ""
         raise DataError(
             f"column(s) {', '.join(map(repr, cols))}: {scaler.method}'s divisor "
             f"({', '.join(f'{v:.3g}' for v in np.unique(spread[unscalable]))}) or its inverse is beyond "
-            "float64: the values' range or magnitude is too large or too small to scale; rescale the "
-            "column before fitting"
+            f"float64{overflow}: the values' range or magnitude is too large or too small to scale; rescale "
+            "the column before fitting"
         )
     lo_val, hi_val = scaler.clip_bounds()
     lo, hi = np.full(m.shape, lo_val), np.full(m.shape, hi_val)

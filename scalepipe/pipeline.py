@@ -221,6 +221,8 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
 
     if writes_output and cfg.output is None:
         raise ConfigError("output: required to write scaled data (add output.format and output.path)")
+    if os.path.isdir(os.path.expanduser(cfg.stats.path)):
+        raise ConfigError(f"stats.path: {cfg.stats.path!r} is a folder; name the statistics file, e.g. {os.path.join(cfg.stats.path, 'stats.json')!r}")
     placed = [("input.path", cfg.input.path)]
     if writes_output:
         assert cfg.output is not None

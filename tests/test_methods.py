@@ -144,6 +144,8 @@ def test_constant_policy_error_names_column(method):
         ("batchnorm", [-1.5e308, 1.5e308, 0.0]),
         ("decimal", [1.7e308, 1.0, 0.0]),  # 10**309 overflows
         ("zscore", [1e-310, 3e-310, 2e-310]),  # the variance underflows to 0: every value would scale to +-inf
+        ("zscore", [-1e200, 1e200, 0.0]),  # the std is a double, but the squared deviations overflow (were NaN)
+        ("batchnorm", [-1e200, 1e200, 0.0]),
         ("decimal", [1.797e308] * 3),  # a constant keeps decimal's divisor: 10**309 overflows
         ("decimal", [5e-324] * 3),  # and 1 / 10**-323 overflows
         ("decimal", [5e-324, 1e-323, 1.5e-323]),

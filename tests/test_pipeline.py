@@ -242,6 +242,7 @@ def test_validate_job_does_not_write_demo_data(tmp_path):
     [
         ("stats={{scope: key, key: nope}}", ColumnError, "stats.key: key column 'nope'"),
         ("stats.path={in}/stats.json", ConfigError, "stats.path"),
+        ("stats.path={in}", ConfigError, "stats.path: .* is a folder; name the statistics file"),  # was found after the work
         ("stats.path={out}/stats.json", ConfigError, "stats.path"),
         ("output.path={in}/scaled", OutputError, "inside the input"),
         ("scalers.0.columns=[segment]", ColumnError, "'segment'"),
