@@ -84,6 +84,9 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("error: interrupted; an unfinished output or statistics file is never put in place", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:  # the reader of stdout left (`scalepipe inspect ... | head`): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+            sys.exit(0)
         except ScalepipeError as err:
             if debug:
                 traceback.print_exc()
@@ -93,7 +96,8 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 traceback.print_exc()
             message = " ".join(str(err).split()) or type(err).__name__
-            click.echo(f"error: {type(err).__name__}: {message} (run with --debug for the traceback)", err=True)
+            hint = "" if debug else " (run with --debug for the traceback)"
+            click.echo(f"error: {type(err).__name__}: {message}{hint}", err=True)
             sys.exit(EXIT_ERROR)
 
     return wrapper
@@ -230,7 +234,10 @@ def inspect(stats: str, as_json: bool) -> None:
 
     model = load(stats)
     if as_json:
-        click.echo(json.dumps(model.summary(), indent=1, default=str))
+        from .artifact import encode_floats
+
+        rows = [{k: encode_floats([v])[0] if isinstance(v, float) else v for k, v in row.items()} for row in model.summary()]
+        click.echo(json.dumps(rows, indent=1, default=str, allow_nan=False))  # infinities as strings, as in the artifact
         return
     for line in _table(model):
         click.echo(line)
@@ -257,9 +264,15 @@ def _table(model: Any) -> list[str]:
 def report(stats: str, output: str | None) -> None:
     """Rebuild the HTML report of a statistics file."""
     from .artifact import write_text_atomic
-    from .report import build_report_from_stats, report_path
+    from .errors import OutputError
+    from .report import build_report_from_stats, histograms_path, report_path
 
     target = output or str(report_path(stats))
+    if output is not None:
+        if os.path.realpath(output) in {os.path.realpath(p) for p in (stats, histograms_path(stats))}:
+            raise OutputError(f"--output {output!r} is the statistics file or its histograms; write the report elsewhere")
+        if os.path.exists(output) and not output.lower().endswith((".html", ".htm")):
+            raise OutputError(f"--output {output!r} exists and is not an .html file; write the report elsewhere")
     write_text_atomic(target, build_report_from_stats(stats))
     click.echo(f"report -> {target}")
 

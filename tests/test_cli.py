@@ -9,6 +9,7 @@ Python API it says so.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -240,6 +241,8 @@ def test_inspect_prints_the_table(quickstart):
     assert lines[-1].startswith("6 features, 0 passthrough")
     as_json = CliRunner().invoke(main, ["inspect", "--json", str(home / "quickstart-data" / "artifacts" / "stats.json")])
     assert as_json.exit_code == 0 and '"feature": "visits"' in as_json.output
+    records = json.loads(as_json.output, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))  # strict JSON
+    assert {r["feature"]: (r["lo"], r["hi"]) for r in records}["visits"] == ("-Infinity", "Infinity")
 
 
 def test_validate_prints_rule_columns_without_computing(quickstart):
@@ -520,3 +523,12 @@ def test_job_modules_load_with_the_collector_back_on():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_output_cut_short_by_its_reader_is_not_an_error(tmp_path):
+    """``scalepipe inspect ... | head``: the reader leaves early, and the
+    command ends quietly with status 0 (it printed ``error: BrokenPipeError``)."""
+    sp.fit(np.random.default_rng(0).standard_normal((20, 3000))).save(tmp_path / "wide.json")  # a table of 3000 lines
+    shell = f"set -o pipefail; {sys.executable} -m scalepipe inspect wide.json | head -1 > /dev/null"
+    result = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -87,3 +87,17 @@ def test_report_command_rebuilds_the_page(quickstart, tmp_path):
     result = cli("report", "quickstart-data/artifacts/stats.json", "-o", str(target), cwd=root)
     assert result.returncode == 0, result.stderr
     assert "temperature" in target.read_text()
+
+
+def test_report_command_never_writes_over_the_statistics_or_other_files(quickstart, tmp_path):
+    """``report -o`` onto the statistics, its histograms or any existing
+    non-HTML file is refused, and the file is left as it was."""
+    root, _ = quickstart
+    stats = root / "quickstart-data" / "artifacts" / "stats.json"
+    other = tmp_path / "data.csv"
+    other.write_text("a\n1\n")
+    for target in (stats, stats.with_name("stats.json.hist.json"), other):
+        before = target.read_bytes()
+        result = cli("report", str(stats), "-o", str(target), cwd=root)
+        assert result.returncode == 1 and result.stderr.startswith(f"error: --output {str(target)!r}"), result.stderr
+        assert target.read_bytes() == before
