@@ -470,8 +470,8 @@ class Model:
             "data_kind": self.meta.get("data_kind"),
             "reduce_dims": self.meta.get("reduce_dims"),
             "scalers": [s.to_dict() for s in self.scalers],
-            "features": [{"name": f.name, "dtype": f.dtype, "rule": f.rule} for f in self.features],
-            "passthrough": list(self.passthrough),
+            "features": [{"name": _storable_name(f.name), "dtype": f.dtype, "rule": f.rule} for f in self.features],
+            "passthrough": [_storable_name(n) for n in self.passthrough],
             "statistics": _moments_document(self.moments),
             "parameters": {k: artifact.encode_floats(getattr(self.params, k)) for k in _AFFINE_FIELDS},
             "scope": asdict(self.scope),
@@ -575,8 +575,20 @@ def _batches_from_document(d: dict[str, Any], tables: dict[str, np.ndarray]) -> 
     return BatchStats(_moments_from_document(d["statistics"]), list(d["labels"]), running)
 
 
+def _storable_name(name: Any) -> str | int:
+    """A feature name as the artifact stores it (a string or an integer), or an :class:`ArtifactError`."""
+    if isinstance(name, (int, np.integer)) and not isinstance(name, (bool, np.bool_)):
+        return int(name)
+    if isinstance(name, str):
+        return name
+    raise ArtifactError(
+        f"feature name {name!r} ({type(name).__name__}) cannot be saved: the artifact stores names as strings "
+        "or integers; rename the column"
+    )
+
+
 def _groups_document(g: KeyTable) -> dict[str, Any]:
-    return {"keys": g.keys.tolist(), "statistics": _moments_document(g.moments)}
+    return {"keys": _key_array(g.keys).tolist(), "statistics": _moments_document(g.moments)}
 
 
 def _groups_from_document(d: dict[str, Any], tables: dict[str, np.ndarray]) -> KeyTable:
@@ -598,9 +610,25 @@ def _table_moments(prefix: str, tables: dict[str, np.ndarray]) -> Moments:
 
 
 def _key_array(keys: Any) -> np.ndarray:
-    """Keys as a plain (non-object) array: integers, or strings."""
+    """Keys as a plain (non-object) array of the type they are looked up by: integers, floats, booleans or strings.
+
+    Raises
+    ------
+    ArtifactError
+        Keys of another type (dates, mixed types): the artifact could not give them back as they are.
+    """
     values = keys.to_numpy()
-    return values.astype(np.int64) if values.dtype.kind in "iu" else np.array([str(v) for v in values], dtype=str)
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    if values.dtype.kind in "fb":
+        return values
+    if all(isinstance(v, str) for v in values):
+        return np.array(values, dtype=str)
+    odd = next((v for v in values if not isinstance(v, str)), None)
+    raise ArtifactError(
+        f"key value {odd!r} ({type(odd).__name__}) cannot be saved: the artifact stores keys as integers, floats, "
+        "booleans or strings, all of one type; cast the key column (e.g. to strings)"
+    )
 
 
 def _read_tables(path: Path, ref: dict[str, str]) -> dict[str, np.ndarray]:

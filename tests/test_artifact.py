@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,3 +129,42 @@ def test_never_unpickles(saved):
     _rewrite(path, poison)
     with pytest.raises(ArtifactError, match="malformed"):
         sp.load(path)
+
+
+def test_names_the_artifact_cannot_give_back_are_refused_at_save(tmp_path):
+    """Names are stored as strings or integers: a tuple (a MultiIndex column)
+    or a date is refused when saving, naming it (a tuple used to come back
+    as a list, which broke transform after load); numpy integers are kept."""
+    import pandas as pd
+
+    x = np.random.default_rng(0).standard_normal((30, 2))
+    for columns, shown in [
+        (pd.MultiIndex.from_tuples([("a", "b"), ("a", "c")]), "('a', 'b') (tuple)"),
+        (pd.date_range("2020-01-01", periods=2), "Timestamp('2020-01-01 00:00:00') (Timestamp)"),
+    ]:
+        with pytest.raises(ArtifactError, match=f"feature name {re.escape(shown)} cannot be saved"):
+            sp.fit(pd.DataFrame(x, columns=columns)).save(tmp_path / "m.json")
+        assert not (tmp_path / "m.json").exists()
+    sp.fit(x, feature_names=np.array([10, 20])).save(tmp_path / "m.json")
+    loaded = sp.load(tmp_path / "m.json")
+    assert loaded.feature_names == [10, 20]
+    np.testing.assert_array_equal(loaded.transform(x, feature_names=[10, 20]), sp.fit(x).transform(x))
+
+
+@pytest.mark.parametrize("n_keys", [3, 25_000])  # inline, and in the side tables
+def test_float_keys_come_back_as_floats(tmp_path, n_keys):
+    """Keys are looked up by value: float keys must not come back as strings
+    (every row would fall back to the global statistics after load)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"k": np.repeat(np.arange(n_keys) + 0.5, 2), "v": rng.standard_normal(2 * n_keys)})
+    model = sp.fit(df, scope="key", key="k")
+    model.save(tmp_path / "m.json")
+    loaded = sp.load(tmp_path / "m.json")
+    assert loaded.groups.keys.dtype == np.float64
+    pd.testing.assert_frame_equal(loaded.transform(df), model.transform(df))
+    assert loaded.unseen_rows(df) == 0
+    dates = df.assign(k=pd.Timestamp("2020-01-01") + pd.to_timedelta(np.repeat(np.arange(n_keys), 2), unit="D"))
+    with pytest.raises(ArtifactError, match=r"key value .* \(datetime64\) cannot be saved"):
+        sp.fit(dates, scope="key", key="k").save(tmp_path / "d.json")
