@@ -368,7 +368,7 @@ def _compute_pass(model: Any, data: Any, edges: np.ndarray, feature_names: Seque
     keys = list(model.groups.keys) if key is not None else None
     fnames = list(feature_names) if feature_names is not None else None
     args = (names, edges, m.min, m.max, key, keys, fnames)
-    view = view_of(data, feature_names, model.meta.get("reduce_dims"))
+    view = view_of(data, feature_names, model.meta.get("reduce_dims"), model.meta.get("feature_dims"))
     view.positions(names)
     if key is not None and (view.kind not in ("pandas", "dask.dataframe") or key not in view.names):
         raise ColumnError(f"stats.key: the key column {key!r} is not in the data; the key-scope model needs it")

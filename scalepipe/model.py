@@ -324,7 +324,7 @@ class Model:
         """
         if stats not in (None, "batch"):
             raise ParameterError("stats", f"{stats!r} is not None or 'batch'")
-        view = view_of(data, feature_names, self.meta.get("reduce_dims"))
+        view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
         fn = BatchMap(self.rules, self.scope.batch_rows) if stats == "batch" else self._map(inverse=False)
         if out is None:
             return view.transform(self.feature_names, fn)
@@ -334,7 +334,7 @@ class Model:
 
     def inverse_transform(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Any:
         """Undo :meth:`transform` (a feature scaled to a constant maps back to its center)."""
-        view = view_of(data, feature_names, self.meta.get("reduce_dims"))
+        view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
         return view.transform(self.feature_names, self._map(inverse=True))
 
     def _map(self, inverse: bool) -> AffineMap | KeyMap:
@@ -365,7 +365,7 @@ class Model:
         Model
             ``self``, updated (as scikit-learn's ``partial_fit``).
         """
-        view = view_of(data, feature_names, self.meta.get("reduce_dims"))
+        view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
         names = self.feature_names
         if self.groups is not None:
             from .groups import merge_tables
@@ -469,6 +469,7 @@ class Model:
             "input_fingerprint": self.meta.get("input_fingerprint"),
             "data_kind": self.meta.get("data_kind"),
             "reduce_dims": self.meta.get("reduce_dims"),
+            "feature_dims": self.meta.get("feature_dims"),
             "scalers": [s.to_dict() for s in self.scalers],
             "features": [{"name": _storable_name(f.name), "dtype": f.dtype, "rule": f.rule} for f in self.features],
             "passthrough": [_storable_name(n) for n in self.passthrough],
@@ -527,7 +528,7 @@ class Model:
             exact = from_lists(doc["exact_sums"]) if doc.get("exact_sums") else None
         except (KeyError, TypeError, ValueError, ParameterError) as err:
             raise ArtifactError(f"{source}: malformed statistics file: {err}") from None
-        meta = {k: doc.get(k) for k in ("created", "config_hash", "input_fingerprint", "data_kind", "reduce_dims")}
+        meta = {k: doc.get(k) for k in ("created", "config_hash", "input_fingerprint", "data_kind", "reduce_dims", "feature_dims")}
         return cls(scalers, features, doc.get("passthrough", []), moments, params, meta, scope, batches, groups, exact)
 
     def __repr__(self) -> str:
@@ -778,6 +779,7 @@ def fit(
         "created": _now(),
         "data_kind": view.kind,
         "reduce_dims": getattr(view, "reduce_dims", None),
+        "feature_dims": getattr(view, "feature_dims", None),
         "input_fingerprint": {"kind": view.kind, "rows": rows, "features": len(view.names)},
         **(meta or {}),
     }

@@ -315,8 +315,9 @@ def _fit_columns(cfg: Config, schema: dict[str, str]) -> list[str]:
 def _schema_view(cfg: Config, source: _Input, previous: Model | None) -> View:
     """A view of the input's features that reads no data (a table's empty meta frame)."""
     if source.schema is None:
-        dims = previous.meta.get("reduce_dims") if previous is not None else cfg.input.reduce_dims
-        return view_of(source.data, reduce_dims=dims)
+        if previous is not None:
+            return view_of(source.data, reduce_dims=previous.meta.get("reduce_dims"), feature_dims=previous.meta.get("feature_dims"))
+        return view_of(source.data, reduce_dims=cfg.input.reduce_dims)
     columns = _fit_columns(cfg, source.schema) if previous is None else list(source.schema)
     return view_of(source.data._meta[columns])
 

@@ -242,12 +242,15 @@ class XarrayView(View):
     """An xarray DataArray or Dataset: one :class:`ArrayView` per data variable.
 
     Features are named ``var`` when a variable has only reduced dims, else
-    ``var[label]`` with the coordinate labels of the other dims (``t2m[850,red]``).
+    ``var[label]`` with the coordinate labels of the other dims (``t2m[850,red]``),
+    in the order of ``feature_dims[var]`` when given (the order at fit, so a
+    transposed variable gets the same names for the same cells), else in the
+    variable's own order, which :attr:`feature_dims` records.
     """
 
     kind = "xarray"
 
-    def __init__(self, data: Any, reduce_dims: Sequence[str] | None) -> None:
+    def __init__(self, data: Any, reduce_dims: Sequence[str] | None, feature_dims: dict[str, list[str]] | None = None) -> None:
         import xarray as xr
 
         self.data = data
@@ -258,13 +261,18 @@ class XarrayView(View):
             reduce_dims = [first.dims[0]]
         self.reduce_dims = list(reduce_dims)
         self.parts: dict[Any, ArrayView] = {}
+        self.feature_dims: dict[str, list[str]] = {}
         for var, arr in arrays.items():
             missing = [d for d in self.reduce_dims if d not in arr.dims]
             if missing:
                 raise DataError(f"variable {var!r} has no dimension(s) {missing} to reduce over (its dims: {list(arr.dims)})")
             axes = [arr.dims.index(d) for d in self.reduce_dims]
             other = [d for d in arr.dims if d not in self.reduce_dims]
-            grid = _label_grid(var, arr, other)
+            order = (feature_dims or {}).get(str(var))
+            if order is None or sorted(order) != sorted(map(str, other)):
+                order = [str(d) for d in other]
+            self.feature_dims[str(var)] = order
+            grid = _label_grid(var, arr, other, order)
             kind = "numpy" if isinstance(arr.data, np.ndarray) else "dask.array"
             self.parts[var] = ArrayView(arr.data, axes, grid, kind)
         self._dask = any(p._dask for p in self.parts.values())
@@ -328,21 +336,28 @@ def _concat_take(parts: list[Any], index: np.ndarray) -> Any:
     return type(parts[0]).concat(parts).take(index)
 
 
-def _label_grid(var: Any, arr: Any, other: Sequence[str]) -> np.ndarray:
+def _label_grid(var: Any, arr: Any, other: Sequence[Any], order: Sequence[str]) -> np.ndarray:
+    """Feature names of ``var``'s cells, shaped as its ``other`` dims; labels listed in the dims' ``order``."""
     shape = tuple(arr.sizes[d] for d in other)
     if not other:
         return np.array(str(var), dtype=object).reshape(())
     labels = [
         [str(v) for v in (arr[d].values if d in arr.coords else range(arr.sizes[d]))] for d in other
     ]
+    rank = [[str(d) for d in other].index(d) for d in order]  # the k-th named label is that of dim rank[k]
     grid = np.empty(shape, dtype=object)
     for idx in np.ndindex(shape):
-        grid[idx] = f"{var}[{','.join(labels[k][i] for k, i in enumerate(idx))}]"
+        grid[idx] = f"{var}[{','.join(labels[k][idx[k]] for k in rank)}]"
     return grid
 
 
-def view_of(data: Any, feature_names: Sequence[Any] | None = None, reduce_dims: Sequence[str] | None = None) -> View:
-    """The :class:`View` for ``data``.
+def view_of(
+    data: Any,
+    feature_names: Sequence[Any] | None = None,
+    reduce_dims: Sequence[str] | None = None,
+    feature_dims: dict[str, list[str]] | None = None,
+) -> View:
+    """The :class:`View` for ``data`` (``reduce_dims``, ``feature_dims``: xarray only, see :class:`XarrayView`).
 
     Raises
     ------
@@ -356,7 +371,7 @@ def view_of(data: Any, feature_names: Sequence[Any] | None = None, reduce_dims: 
     if _is_instance(data, "dask.dataframe", "DataFrame"):
         return FrameView(data, "dask.dataframe")
     if _is_instance(data, "xarray", "DataArray") or _is_instance(data, "xarray", "Dataset"):
-        return XarrayView(data, reduce_dims)
+        return XarrayView(data, reduce_dims, feature_dims)
     is_dask = _is_instance(data, "dask.array", "Array")
     if isinstance(data, np.ndarray) or is_dask:
         if data.ndim != 2:

@@ -389,3 +389,20 @@ def test_repeated_feature_names_are_refused():
     labelled = xr.DataArray(x[:, :2], dims=("t", "c"), coords={"c": ["a", "a"]}, name="v")
     with pytest.raises(ColumnError, match=r"feature name 'v\[a\]' appears 2 times \(a dimension's coordinate labels repeat\)"):
         sp.fit(labelled, [sp.MinMax()])
+
+
+def test_a_transposed_xarray_variable_is_scaled_cell_by_cell(tmp_path):
+    """Names follow the dims' order at fit, so a variable whose other dims
+    come in another order (same labels on both, as positions are) gets each
+    cell's own parameters, before and after save/load; the output keeps the
+    input's dims order. (Each cell was scaled with its mirror cell's.)"""
+    xr = pytest.importorskip("xarray")
+    scale = np.arange(1.0, 10.0).reshape(1, 3, 3)
+    a = xr.DataArray(np.random.default_rng(0).standard_normal((50, 3, 3)) * scale + scale, dims=("t", "y", "x"), name="v")
+    model = sp.fit(a, [sp.ZScore()])
+    model.save(tmp_path / "m.json")
+    expected = (a - a.mean("t")) / a.std("t")
+    for m in (model, sp.load(tmp_path / "m.json")):
+        out = m.transform(a.transpose("x", "t", "y"))
+        assert out.dims == ("x", "t", "y")
+        np.testing.assert_allclose(out.transpose("t", "y", "x").values, expected.values, rtol=1e-12, atol=1e-12)
