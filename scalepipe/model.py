@@ -145,6 +145,8 @@ def resolve_columns(view: View, scalers: Sequence[Scaler], exclude: Sequence[Any
                     f"{_rule_label(i, scaler)}: column {pattern!r} not found in the data "
                     f"(it has {', '.join(map(repr, view.names[:10]))}{', ...' if len(view.names) > 10 else ''})"
                 )
+            if pattern in exclude:
+                raise ColumnError(f"{_rule_label(i, scaler)}: column {pattern!r} is the key column; it cannot also be scaled")
             if not numeric[pattern]:
                 raise ColumnError(
                     f"{_rule_label(i, scaler)}: column {pattern!r} has dtype {dtype[pattern]}, not numeric; "
@@ -324,6 +326,8 @@ class Model:
         """
         if stats not in (None, "batch"):
             raise ParameterError("stats", f"{stats!r} is not None or 'batch'")
+        if self.groups is not None:
+            self._key_column(data)
         view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
         fn = BatchMap(self.rules, self.scope.batch_rows) if stats == "batch" else self._map(inverse=False)
         if out is None:
@@ -334,8 +338,18 @@ class Model:
 
     def inverse_transform(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Any:
         """Undo :meth:`transform` (a feature scaled to a constant maps back to its center)."""
+        if self.groups is not None:
+            self._key_column(data)
         view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
         return view.transform(self.feature_names, self._map(inverse=True))
+
+    def _key_column(self, data: Any) -> Any:
+        """The key column of a table (the key scope), or a :class:`ColumnError` naming it."""
+        key = self.scope.key
+        if not hasattr(data, "columns") or key not in data.columns:
+            kind = "a table without it" if hasattr(data, "columns") else f"{type(data).__name__} data"
+            raise ColumnError(f"key column {key!r}: this model has statistics per {key!r} value and needs it, got {kind}")
+        return data[key]
 
     def _map(self, inverse: bool) -> AffineMap | KeyMap:
         names = tuple(self.feature_names)
@@ -351,7 +365,7 @@ class Model:
         """
         if self.groups is None:
             raise ParameterError("scope", "unseen_rows needs a model fitted with scope='key'")
-        column = data[self.scope.key]
+        column = self._key_column(data)
         return (~column.isin(list(self.groups.keys))).sum()
 
     def partial_fit(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Model:

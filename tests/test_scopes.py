@@ -269,3 +269,20 @@ def test_torch_export_of_a_global_model_matches_transform():
     bn.load_state_dict({k: torch.as_tensor(v) for k, v in model.to_torch_state_dict().items()})
     bn.eval()
     np.testing.assert_allclose(bn(torch.as_tensor(x)).detach().numpy(), model.transform(x), rtol=1e-12, atol=1e-12)
+
+
+def test_key_scope_needs_its_key_column_and_never_scales_it():
+    """A key model given data without the key column says so, naming it
+    (it raised a bare KeyError, or said the fitted columns were missing for
+    an array); a rule naming the key column says it is the key."""
+    from scalepipe.errors import ColumnError
+
+    df = pd.DataFrame({"k": [1, 2] * 10, "v": np.arange(20.0), "w": np.arange(20.0) ** 2})
+    model = sp.fit(df, scope="key", key="k")
+    for call in (model.transform, model.inverse_transform, model.unseen_rows):
+        with pytest.raises(ColumnError, match="key column 'k': this model has statistics per 'k' value and needs it, got a table without it"):
+            call(df.drop(columns="k"))
+    with pytest.raises(ColumnError, match="got ndarray data"):
+        model.transform(df[["v", "w"]].to_numpy())
+    with pytest.raises(ColumnError, match=r"scalers\[0\] \(zscore\): column 'k' is the key column; it cannot also be scaled"):
+        sp.fit(df, [sp.ZScore(["k", "v"])], scope="key", key="k")
