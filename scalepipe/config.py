@@ -225,7 +225,11 @@ class InputConfig(BaseModel):
                 if getattr(self, name) is not None:
                     raise _unused(name, getattr(self, name), "format: zarr or netcdf", f"format is {self.format!r}")
         elif self.columns is not None:
-            raise _unused("columns", self.columns, "format: parquet or csv (select arrays with variables)", f"format is {self.format!r}")
+            raise _FieldError(
+                ("columns",),
+                f"only used with format: parquet or csv (format is {self.format!r}), got {_brief(self.columns)}; "
+                "an array input selects its data variables with variables",
+            )
         if self.demo is not None and self.format != "parquet":
             raise _unused("demo", self.demo.model_dump(), "format: parquet", f"format is {self.format!r}")
         return self

@@ -203,7 +203,10 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
     view = _schema_view(cfg, source, None)
     scalers = cfg.scaler_objects()
     features, passthrough = resolve_columns(view, scalers, exclude=_key_columns(cfg))
-    lines = [f"input: {len(source.files)} file(s), {len(view.names)} column(s)"]
+    if source.schema is None:  # an array store: its files are chunks, its features cells of its variables
+        lines = [f"input: {cfg.input.format}, {len(source.data.data_vars)} variable(s), {len(view.names)} feature(s)"]
+    else:
+        lines = [f"input: {len(source.files)} file(s), {len(view.names)} column(s)"]
     if cfg.output is not None:
         codec = f" ({describe(cfg.output.compression, cfg.output.compression_level)})" if cfg.output.format == "parquet" else ""
         lines.append(f"output: {cfg.output.format}{codec} -> {cfg.output.path}")
@@ -355,7 +358,7 @@ def _fit(cfg: Config, source: _Input, previous: Model | None, echo: Echo) -> Mod
     fingerprint, as no single input is behind it any more.
     """
     fit_data = source.data if source.schema is None else source.data[_fit_columns(cfg, source.schema)]
-    echo(f"fitting {len(source.files)} input file(s)")
+    echo(f"fitting {len(source.files)} input file(s)" if source.schema is not None else f"fitting {cfg.input.path}")
     if previous is not None:
         return previous.partial_fit(fit_data)
     meta = {"config_hash": config_hash(cfg), "input_fingerprint": _fingerprint(source.files)}

@@ -331,7 +331,7 @@ def render_report(model: Any, histograms: Histograms | None = None, *, title: st
     ]
     messages = list(notes)
     if histograms is None:
-        messages.append("Histograms are counted while the data is scaled (scalepipe run or transform); this report has the statistics only.")
+        messages.append("Histograms are counted while scalepipe run scales the data; this report has the statistics only.")
     elif not plots:
         messages.append(f"Plots need matplotlib: {PLOT_EXTRA}. The tables below have the statistics.")
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in messages]

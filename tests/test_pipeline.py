@@ -188,6 +188,8 @@ def test_array_example_round_trip(tmp_path, client, fmt):
     else:
         ds.to_netcdf(source, engine="h5netcdf")
     cfg = job("zarr_example.yaml", tmp_path, f"input.format={fmt}", inp=source.name, out="out.zarr")
+    lines, _ = validate_job(cfg)
+    assert lines[:2] == [f"input: {fmt}, 2 variable(s), 3 feature(s)", f"output: zarr -> {tmp_path / 'out.zarr'}"]  # not the store's chunk files
     run_job(cfg, "run", scheduler=client.scheduler.address)
 
     import xarray as xr
