@@ -162,7 +162,14 @@ def run_job(
     if mode != "transform" and cfg.report:
         from .report import write_run_report
 
-        echo(f"report -> {write_run_report(model, histograms, cfg.stats.path)}")
+        done = f"statistics -> {cfg.stats.path}" + (f", output -> {cfg.output.path}" if mode == "run" else "")  # type: ignore[union-attr]
+        try:
+            echo(f"report -> {write_run_report(model, histograms, cfg.stats.path)}")
+        except Exception as err:  # the job's results are complete and in place; say so
+            raise OutputError(
+                f"the report could not be written ({type(err).__name__}: {err}); the job's results are complete: {done} "
+                "(rebuild the report with `scalepipe report`)"
+            ) from err
     return JobResult(
         model=model,
         stats_path=None if mode == "transform" else cfg.stats.path,

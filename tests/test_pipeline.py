@@ -9,6 +9,7 @@ scalepipe.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,19 @@ def csv_input(tmp_path_factory):
     for i, part in enumerate(np.array_split(np.arange(len(df)), 2)):
         df.iloc[part].to_csv(folder / f"part{i}.csv", index=False)
     return folder, df
+
+
+def test_a_report_that_cannot_be_written_says_the_results_are_complete(tmp_path, client, csv_input):
+    """The report comes after the output and the statistics are committed:
+    its failure is an error that says they are complete and where they are."""
+    folder, df = csv_input
+    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}")
+    (tmp_path / "stats.report.html").mkdir()  # the report's path is taken by a folder
+    expected = f"; the job's results are complete: statistics -> {tmp_path / 'stats.json'}, output -> {tmp_path / 'out'}"
+    with pytest.raises(OutputError, match=r"the report could not be written \(OutputError: .* is a folder; choose a file path\)" + re.escape(expected)):
+        run_job(cfg, "run", scheduler=client.scheduler.address)
+    assert io.verify_output(str(tmp_path / "out")).rows == len(df)
+    assert sp.load(tmp_path / "stats.json").moments.count[0] == len(df)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
