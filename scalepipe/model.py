@@ -84,6 +84,10 @@ class Scope:
             raise ParameterError("inference_stats", f"{self.inference_stats!r} is not 'running' or 'global'")
         if self.kind == "key" and self.key is None:
             raise ParameterError("key", "scope 'key' needs the key column")
+        if self.kind != "key" and self.key is not None:
+            raise ParameterError("key", f"is only used with scope 'key' (scope is {self.kind!r}), got {self.key!r}")
+        if self.kind != "partition" and self.batch_rows is not None:
+            raise ParameterError("batch_rows", f"is only used with scope 'partition' (scope is {self.kind!r}), got {self.batch_rows!r}")
 
 
 @dataclass
@@ -326,6 +330,8 @@ class Model:
         """
         if stats not in (None, "batch"):
             raise ParameterError("stats", f"{stats!r} is not None or 'batch'")
+        if stats == "batch" and self.scope.kind != "partition":
+            raise ParameterError("stats", f"'batch' needs a model fitted with scope 'partition', not {self.scope.kind!r}")
         if self.groups is not None:
             self._key_column(data)
         view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))

@@ -286,3 +286,17 @@ def test_key_scope_needs_its_key_column_and_never_scales_it():
         model.transform(df[["v", "w"]].to_numpy())
     with pytest.raises(ColumnError, match=r"scalers\[0\] \(zscore\): column 'k' is the key column; it cannot also be scaled"):
         sp.fit(df, [sp.ZScore(["k", "v"])], scope="key", key="k")
+
+
+def test_scope_settings_outside_their_scope_are_refused():
+    """As in the config: batch_rows and key belong to their scopes, and a
+    model without batches cannot scale by batch (these were accepted and ignored)."""
+    from scalepipe.errors import ParameterError
+
+    x = np.random.default_rng(0).standard_normal((40, 2))
+    with pytest.raises(ParameterError, match="batch_rows: is only used with scope 'partition' \\(scope is 'global'\\), got 10"):
+        sp.fit(x, batch_rows=10)
+    with pytest.raises(ParameterError, match="key: is only used with scope 'key' \\(scope is 'partition'\\), got 'k'"):
+        sp.fit(x, scope="partition", key="k")
+    with pytest.raises(ParameterError, match="stats: 'batch' needs a model fitted with scope 'partition', not 'global'"):
+        sp.fit(x).transform(x, stats="batch")
