@@ -201,7 +201,7 @@ def transform(config: str, scheduler: str | None, overrides: tuple[str, ...], qu
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
 def validate(config: str, overrides: tuple[str, ...]) -> None:
