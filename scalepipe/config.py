@@ -650,7 +650,13 @@ def _first_problem(exc: ValidationError, source: str, lines: Mapping[KeyPath, in
 
 
 def _whereabouts(loc: KeyPath, lines: Mapping[KeyPath, int], origins: Mapping[KeyPath, str]) -> tuple[int | None, str]:
-    """The line of ``loc`` (or of its nearest ancestor in the file) and how to say it."""
+    """The line of ``loc`` (or of its nearest ancestor in the file) and how to say it.
+
+    A value an override made below ``loc`` (a mapping it created there) is blamed on the override.
+    """
+    below = [override for path, override in origins.items() if path[: len(loc)] == loc and len(path) > len(loc)]
+    if below:
+        return None, f" (from --set {below[-1]!r})"
     for end in range(len(loc), -1, -1):
         if loc[:end] in origins:
             return None, f" (from --set {origins[loc[:end]]!r})"

@@ -679,6 +679,13 @@ def test_invalid_override_value_cites_the_override_not_a_line() -> None:
     assert message.endswith("got (3, 2) (from --set 'scalers.1.feature_range=[3, 2]')")
 
 
+def test_a_mapping_an_override_created_is_blamed_on_it() -> None:
+    # input.columns is unset, so the override makes a mapping {'0': 'a'} there (the error named input's line)
+    assert config_error(MINIMAL, ["input.columns.0=a"]) == (
+        "configs/job.yaml: input.columns: expected a list, got {'0': 'a'} (from --set 'input.columns.0=a')"
+    )
+
+
 def test_errors_outside_overrides_keep_their_lines() -> None:
     text = MINIMAL.replace("[-1, 1]", "[1, 0]")
     message = config_error(text, ["scalers.0.ddof=1"])
