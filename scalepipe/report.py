@@ -36,6 +36,7 @@ import json
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -290,6 +291,10 @@ def load_plotting_in_background() -> None:
         except Exception:  # noqa: BLE001 - the report's own import says what is wrong
             pass
 
+    # matplotlib warns when its optional 3-D axes fail to import (seen when a
+    # failing disk stops the import writing its caches); the report draws none,
+    # and the job's one-line error must stay one line
+    warnings.filterwarnings("ignore", message="Unable to import Axes3D", category=UserWarning)
     threading.Thread(target=load, name="scalepipe-load-plots", daemon=True).start()
 
 
