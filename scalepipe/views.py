@@ -241,6 +241,10 @@ def _take_flat(m: Any, pos: np.ndarray) -> Any:
 class XarrayView(View):
     """An xarray DataArray or Dataset: one :class:`ArrayView` per data variable.
 
+    A Dataset's variables that are not numeric or lack a reduced dim (a
+    static mask, labels) have no features and pass through a transform
+    unchanged (:attr:`unscalable` says why); a DataArray must be scalable.
+
     Features are named ``var`` when a variable has only reduced dims, else
     ``var[label]`` with the coordinate labels of the other dims (``t2m[850,red]``),
     in the order of ``feature_dims[var]`` when given (the order at fit, so a
@@ -257,15 +261,23 @@ class XarrayView(View):
         self.is_dataset = isinstance(data, xr.Dataset)
         arrays = dict(data.data_vars) if self.is_dataset else {data.name if data.name is not None else "data": data}
         if reduce_dims is None:
-            first = next(iter(arrays.values()))
-            reduce_dims = [first.dims[0]]
+            first = next((a for a in arrays.values() if a.dtype.kind in "iuf" and a.dims), None)
+            reduce_dims = [first.dims[0]] if first is not None else []
         self.reduce_dims = list(reduce_dims)
         self.parts: dict[Any, ArrayView] = {}
         self.feature_dims: dict[str, list[str]] = {}
+        #: Dataset variables that cannot be scaled, and why: they pass through unchanged.
+        self.unscalable: dict[Any, str] = {}
         for var, arr in arrays.items():
             missing = [d for d in self.reduce_dims if d not in arr.dims]
-            if missing:
-                raise DataError(f"variable {var!r} has no dimension(s) {missing} to reduce over (its dims: {list(arr.dims)})")
+            if arr.dtype.kind not in "iuf":
+                self.unscalable[var] = f"has dtype {arr.dtype}, not numeric"
+            elif missing or not self.reduce_dims:
+                self.unscalable[var] = f"has no dimension(s) {missing} to reduce over (its dims: {list(arr.dims)})"
+            if var in self.unscalable:
+                if not self.is_dataset:
+                    raise DataError(f"variable {var!r} {self.unscalable[var]}; it cannot be scaled")
+                continue
             axes = [arr.dims.index(d) for d in self.reduce_dims]
             other = [d for d in arr.dims if d not in self.reduce_dims]
             order = (feature_dims or {}).get(str(var))
@@ -275,6 +287,9 @@ class XarrayView(View):
             grid = _label_grid(var, arr, other, order)
             kind = "numpy" if isinstance(arr.data, np.ndarray) else "dask.array"
             self.parts[var] = ArrayView(arr.data, axes, grid, kind)
+        if not self.parts:
+            reasons = "; ".join(f"{var!r} {why}" for var, why in self.unscalable.items())
+            raise DataError(f"no data variable can be scaled: {reasons or 'the dataset has none'}")
         self._dask = any(p._dask for p in self.parts.values())
         self.names = [n for p in self.parts.values() for n in p.names]
         _refuse_repeats(self.names, " (a dimension's coordinate labels repeat)")

@@ -406,3 +406,31 @@ def test_a_transposed_xarray_variable_is_scaled_cell_by_cell(tmp_path):
         out = m.transform(a.transpose("x", "t", "y"))
         assert out.dims == ("x", "t", "y")
         np.testing.assert_allclose(out.transpose("t", "y", "x").values, expected.values, rtol=1e-12, atol=1e-12)
+
+
+def test_dataset_variables_that_cannot_be_scaled_pass_through():
+    """A static mask, a label and a variable without the reduced dim pass
+    through a Dataset's transform unchanged (the fit refused the whole
+    Dataset); the scaled variable equals numpy's z-score; a DataArray, or a
+    Dataset with nothing to scale, is an error naming the variables."""
+    xr = pytest.importorskip("xarray")
+    rng = np.random.default_rng(0)
+    t2m = rng.standard_normal((40, 3)) + 280
+    ds = xr.Dataset(
+        {
+            "mask": (("lat",), np.array([True, False, True])),
+            "t2m": (("time", "lat"), t2m),
+            "label": (("time",), np.array(["a"] * 40)),
+            "elev": (("lat",), np.array([1.0, 2.0, 3.0])),
+        }
+    )
+    model = sp.fit(ds, [sp.ZScore()])
+    assert model.feature_names == ["t2m[0]", "t2m[1]", "t2m[2]"] and model.meta["reduce_dims"] == ["time"]
+    out = model.transform(ds)
+    for var in ("mask", "label", "elev"):
+        assert out[var].identical(ds[var]), var
+    np.testing.assert_allclose(out["t2m"].values, (t2m - t2m.mean(0)) / t2m.std(0), rtol=0, atol=1e-12)
+    with pytest.raises(DataError, match="variable 'mask' has dtype bool, not numeric; it cannot be scaled"):
+        sp.fit(ds["mask"])
+    with pytest.raises(DataError, match="no data variable can be scaled: 'mask' has dtype bool, not numeric; 'label' has dtype <U1"):
+        sp.fit(ds[["mask", "label"]])
