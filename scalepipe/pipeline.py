@@ -309,6 +309,11 @@ def _fit_columns(cfg: Config, schema: dict[str, str]) -> list[str]:
 
     if cfg.stats.key is not None and cfg.stats.key not in schema:
         raise ColumnError(f"stats.key: key column {cfg.stats.key!r} is not in the input (it has {', '.join(schema)})")
+    if cfg.stats.key is not None and str(schema[cfg.stats.key]).startswith(("datetime", "timedelta", "period", "timestamp")):
+        raise ColumnError(
+            f"stats.key: key column {cfg.stats.key!r} has dtype {schema[cfg.stats.key]}; the statistics file stores keys "
+            "as integers, floats, booleans or strings: write the column as one of those"
+        )
     if cfg.input.columns is None:
         return list(schema)
     chosen: list[str] = []

@@ -282,3 +282,16 @@ def test_transform_checks_the_artifact_columns_before_any_work(tmp_path, csv_inp
     with pytest.raises(ColumnError, match="'extra'"):
         run_job(cfg, "transform", scheduler="tcp://127.0.0.1:9")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_key_column_the_artifact_cannot_store_is_refused_before_any_work(tmp_path):
+    """Dates as keys would fail at save, after the fit pass: refused first."""
+    from scalepipe.config import parse_config
+
+    pd.DataFrame({"day": pd.date_range("2024-01-01", periods=6), "v": np.arange(6.0)}).to_parquet(tmp_path / "in.parquet")
+    cfg = parse_config(
+        f"version: 1\ninput: {{format: parquet, path: {tmp_path / 'in.parquet'}}}\n"
+        "stats: {scope: key, key: day}\nscalers: [{method: zscore}]\n"
+    )
+    with pytest.raises(ColumnError, match="stats.key: key column 'day' has dtype (datetime|timestamp).*write the column as one of those"):
+        validate_job(cfg)
