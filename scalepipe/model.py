@@ -12,7 +12,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -527,7 +529,10 @@ class Model:
             name = f"scalepipe-tables.{digest[:16]}.npz"
             artifact.write_bytes_atomic(Path(os.fspath(path)).expanduser().parent / name, data)
             doc["tables"] = {"file": name, "sha256": f"sha256:{digest}"}
+        replaced = _tables_file_of(path)
         artifact.write_text_atomic(path, artifact.render_artifact(doc))
+        if replaced is not None and replaced != doc.get("tables", {}).get("file"):
+            _remove_if_unreferenced(Path(os.fspath(path)).expanduser().parent, replaced)
 
     @classmethod
     def from_document(
@@ -594,6 +599,27 @@ def _batches_from_document(d: dict[str, Any], tables: dict[str, np.ndarray]) -> 
     if d["statistics"] == "in tables":
         return BatchStats(_table_moments("batches", tables), [str(v) for v in tables["batches.labels"]], running)
     return BatchStats(_moments_from_document(d["statistics"]), list(d["labels"]), running)
+
+
+def _tables_file_of(path: str | os.PathLike[str]) -> str | None:
+    """The side-tables file the artifact now at ``path`` names, if there is one (``None`` for anything else)."""
+    try:
+        ref = json.loads(Path(os.fspath(path)).expanduser().read_text(encoding="utf-8")).get("tables")
+    except (OSError, ValueError, AttributeError):
+        return None
+    name = ref.get("file") if isinstance(ref, dict) else None
+    return name if isinstance(name, str) and re.fullmatch(r"scalepipe-tables\.[0-9a-f]{16}\.npz", name) else None
+
+
+def _remove_if_unreferenced(folder: Path, name: str) -> None:
+    """Delete the side-tables file ``name`` of a replaced artifact unless an artifact in ``folder`` still names it."""
+    for other in folder.glob("*.json"):
+        try:
+            if name in other.read_text(encoding="utf-8"):
+                return
+        except (OSError, UnicodeDecodeError):
+            return  # cannot tell: keep it
+    (folder / name).unlink(missing_ok=True)
 
 
 def _storable_name(name: Any) -> str | int:

@@ -168,3 +168,25 @@ def test_float_keys_come_back_as_floats(tmp_path, n_keys):
     dates = df.assign(k=pd.Timestamp("2020-01-01") + pd.to_timedelta(np.repeat(np.arange(n_keys), 2), unit="D"))
     with pytest.raises(ArtifactError, match=r"key value .* \(datetime64\) cannot be saved"):
         sp.fit(dates, scope="key", key="k").save(tmp_path / "d.json")
+
+
+def test_saving_over_an_artifact_removes_its_side_tables_unless_another_names_them(tmp_path):
+    """Re-saving with other tables left the old ``.npz`` behind; it goes,
+    unless another artifact in the folder still names it (names are content
+    hashes, so two artifacts can share one)."""
+    import pandas as pd
+
+    def keyed(seed: int) -> sp.Model:
+        rng = np.random.default_rng(seed)
+        return sp.fit(pd.DataFrame({"k": np.repeat(np.arange(25_000), 2), "v": rng.standard_normal(50_000)}), scope="key", key="k")
+
+    first, second = keyed(0), keyed(1)
+    first.save(tmp_path / "a.json")
+    old = sorted(tmp_path.glob("*.npz"))
+    first.save(tmp_path / "b.json")  # b shares a's tables file
+    second.save(tmp_path / "a.json")
+    assert len(old) == 1 and old[0].exists() and len(list(tmp_path.glob("*.npz"))) == 2
+    second.save(tmp_path / "b.json")  # now nothing names the first tables
+    assert not old[0].exists() and len(list(tmp_path.glob("*.npz"))) == 1
+    for name in ("a.json", "b.json"):
+        pd.testing.assert_index_equal(sp.load(tmp_path / name).groups.keys, second.groups.keys)
