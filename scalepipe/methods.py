@@ -96,6 +96,8 @@ class Scaler(abc.ABC):
     #: Whether the method divides by the column's spread, which is 0 for a
     #: constant column (and so what ``unit_scale`` replaces by 1).
     divides_by_spread: ClassVar[bool] = True
+    #: Whether the spread is a standard deviation (its squared deviations can overflow first).
+    spread_from_variance: ClassVar[bool] = False
     #: Booleans among the fields, checked as such (a string such as "no" is not false).
     _FLAGS: ClassVar[tuple[str, ...]] = ()
 
@@ -179,6 +181,7 @@ class ZScore(Scaler):
     """
 
     method: ClassVar[str] = "zscore"
+    spread_from_variance: ClassVar[bool] = True
     _FLAGS: ClassVar[tuple[str, ...]] = ("with_mean", "with_std")
     with_mean: bool = True
     with_std: bool = True
@@ -236,6 +239,7 @@ class BatchNorm(Scaler):
     """
 
     method: ClassVar[str] = "batchnorm"
+    spread_from_variance: ClassVar[bool] = True
     divides_by_spread: ClassVar[bool] = False
     gamma: float = 1.0
     beta: float = 0.0
@@ -367,7 +371,9 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
     unscalable = ~exempt & (~np.isfinite(spread) | ~np.isfinite(scale) | ((scale == 0) & (gain != 0)))
     if unscalable.any():
         cols = _named(names, unscalable)
-        overflow = " (the squared deviations overflow float64 beyond about 1e154)" if np.isnan(spread[unscalable]).any() else ""
+        overflow = ""
+        if scaler.spread_from_variance and not np.isfinite(spread[unscalable]).all():
+            overflow = " (the squared deviations overflow float64 for values beyond about 1e154)"
         raise DataError(
             f"column(s) {', '.join(map(repr, cols))}: {scaler.method}'s divisor "
             f"({', '.join(f'{v:.3g}' for v in np.unique(spread[unscalable]))}) or its inverse is beyond "
