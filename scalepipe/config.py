@@ -276,6 +276,8 @@ class StatsConfig(BaseModel):
             raise _unused("key", self.key, "scope: key", f"scope is {self.scope!r}")
         if self.scope != "partition" and self.batch_rows is not None:
             raise _unused("batch_rows", self.batch_rows, "scope: partition", f"scope is {self.scope!r}")
+        if self.scope != "global" and self.exact:
+            raise _unused("exact", self.exact, "scope: global", f"scope is {self.scope!r}")
         return self
 
 

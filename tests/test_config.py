@@ -56,7 +56,7 @@ stats:
   key: sensor
   min_batch_rows: 3
   inference_stats: global
-  exact: true
+  exact: false
   path: artifacts/stats.json
 scalers:
   - columns: [age, income]
@@ -104,7 +104,7 @@ def test_full_config_is_read_with_every_value() -> None:
     assert cfg.cluster.security is not None and cfg.cluster.security.key_file == "certs/client.key"
     assert cfg.cluster.jobqueue == {"queue": "normal", "cores": 4}
     assert cfg.input.columns == ["age", "income", "px_*", "f*", "amount", "sensor"]
-    assert (cfg.stats.scope, cfg.stats.key, cfg.stats.exact) == ("key", "sensor", True)
+    assert (cfg.stats.scope, cfg.stats.key, cfg.stats.exact) == ("key", "sensor", False)
     assert cfg.output is not None and cfg.output.overwrite is True
     assert cfg.report is False
     assert cfg.scaler_objects() == [
@@ -439,6 +439,13 @@ BAD = [
         "must be >= 1, got 0",
     ),
     ("missing-output-path", MINIMAL + "output:\n  format: parquet\n", "output.path", "output:", "required key is missing"),
+    (
+        "exact-with-key-scope",
+        MINIMAL + "stats:\n  scope: key\n  key: store\n  exact: true\n",
+        "stats.exact",
+        "exact",
+        "only used with scope: global (scope is 'key'), got True",
+    ),
     (
         "compression-with-csv",
         MINIMAL + "output:\n  format: csv\n  path: out/\n  compression: zstd\n",
