@@ -256,6 +256,20 @@ def _table(model: Any) -> list[str]:
     return ["  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() for t in [columns, *table]]
 
 
+def _check_target(option: str, target: str, stats: str, suffixes: tuple[str, ...], inside: str | None = None) -> None:
+    """Refuse to write ``target`` over the statistics, their histograms, the input, or another kind of file."""
+    from .errors import OutputError
+    from .report import histograms_path
+
+    real = os.path.realpath(target)
+    if real in {os.path.realpath(p) for p in (stats, histograms_path(stats))}:
+        raise OutputError(f"{option} {target!r} is the statistics file or its histograms; write elsewhere")
+    if inside is not None and (real == os.path.realpath(inside) or real.startswith(os.path.realpath(inside) + os.sep)):
+        raise OutputError(f"{option} {target!r} is inside the input {inside!r}; write elsewhere")
+    if os.path.exists(target) and not target.lower().endswith(suffixes):
+        raise OutputError(f"{option} {target!r} exists and is not a {' or '.join(suffixes)} file; write elsewhere")
+
+
 @main.command()
 @click.argument("stats", type=click.Path(dir_okay=False))
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write the HTML (default: beside STATS).")
@@ -264,15 +278,11 @@ def _table(model: Any) -> list[str]:
 def report(stats: str, output: str | None) -> None:
     """Rebuild the HTML report of a statistics file."""
     from .artifact import write_text_atomic
-    from .errors import OutputError
-    from .report import build_report_from_stats, histograms_path, report_path
+    from .report import build_report_from_stats, report_path
 
     target = output or str(report_path(stats))
     if output is not None:
-        if os.path.realpath(output) in {os.path.realpath(p) for p in (stats, histograms_path(stats))}:
-            raise OutputError(f"--output {output!r} is the statistics file or its histograms; write the report elsewhere")
-        if os.path.exists(output) and not output.lower().endswith((".html", ".htm")):
-            raise OutputError(f"--output {output!r} exists and is not an .html file; write the report elsewhere")
+        _check_target("--output", output, stats, (".html", ".htm"))
     write_text_atomic(target, build_report_from_stats(stats))
     click.echo(f"report -> {target}")
 
@@ -312,6 +322,8 @@ def drift(
         raise ConfigError("drift: give a CONFIG, or both --stats and --input")
     fmt = input_format or (cfg.input.format if cfg else "parquet")
     limits = DriftThresholds.from_overrides(thresholds)
+    if json_path:
+        _check_target("--json", json_path, stats_path, (".json",), inside=input_path)
     _load_job_modules()  # after the arguments are checked: their errors come at once
     from .pipeline import drift_job
 

@@ -89,7 +89,7 @@ def test_report_command_rebuilds_the_page(quickstart, tmp_path):
     assert "temperature" in target.read_text()
 
 
-def test_report_command_never_writes_over_the_statistics_or_other_files(quickstart, tmp_path):
+def test_report_and_drift_never_write_over_the_statistics_the_input_or_other_files(quickstart, tmp_path):
     """``report -o`` onto the statistics, its histograms or any existing
     non-HTML file is refused, and the file is left as it was."""
     root, _ = quickstart
@@ -100,4 +100,11 @@ def test_report_command_never_writes_over_the_statistics_or_other_files(quicksta
         before = target.read_bytes()
         result = cli("report", str(stats), "-o", str(target), cwd=root)
         assert result.returncode == 1 and result.stderr.startswith(f"error: --output {str(target)!r}"), result.stderr
+        assert target.read_bytes() == before
+    # drift --json likewise (it replaced the statistics with the drift JSON), and never writes into its input
+    train = root / "quickstart-data" / "train"
+    for target in (stats, stats.with_name("stats.json.hist.json"), other, sorted(train.iterdir())[0]):
+        before = target.read_bytes()
+        result = cli("drift", "--stats", str(stats), "--input", str(train), "--json", str(target), cwd=root)
+        assert result.returncode == 1 and result.stderr.startswith(f"error: --json {str(target)!r}"), result.stderr
         assert target.read_bytes() == before
