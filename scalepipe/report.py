@@ -115,9 +115,10 @@ def save_histograms(histograms: Histograms, path: str | os.PathLike[str], model:
 def load_histograms(path: str | os.PathLike[str], model: Any = None) -> Histograms | None:
     """Read a histograms side file; ``None`` if it is missing or does not match ``model``.
 
-    With ``model`` given, the file's features and input bin edges must equal
-    those the model's fitted ranges give, so histograms of an earlier fit
-    (before ``fit --update`` or a new ``fit``) are not shown as this model's.
+    With ``model`` given, the file's features, input bin edges and value
+    counts must equal those of the model's fit, so histograms of an earlier
+    fit (before ``fit --update`` or a new ``fit``, even one whose ranges did
+    not move) are not shown as this model's.
 
     Raises
     ------
@@ -152,7 +153,7 @@ def _matches(hist: Histograms, model: Any) -> bool:
     if list(hist.names) != list(model.feature_names):
         return False
     edges, _ = model_edges(model, hist.bins)
-    return bool(np.array_equal(edges, hist.input.edges))
+    return bool(np.array_equal(edges, hist.input.edges) and np.array_equal(hist.input.total, model.moments.count))
 
 
 def _ratio(a: float, b: float) -> float:

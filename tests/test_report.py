@@ -236,6 +236,9 @@ def test_report_from_stats_without_or_with_stale_histograms(tmp_path):
         assert f">{name} <small>" in text
     # histograms of an earlier fit are not shown as this model's
     report.save_histograms(transform_with_histograms(model, train)[1], report.histograms_path(stats), model)
+    assert "data:image" in report.build_report_from_stats(stats)  # this model's: shown
+    model.partial_fit(train.iloc[:100]).save(stats)  # more rows, the same ranges and edges
+    assert "earlier fit" in report.build_report_from_stats(stats)
     sp.fit(frame(seed=9), RULES).save(stats)
     stale = report.build_report_from_stats(stats)
     assert "earlier fit" in stale and "data:image" not in stale
