@@ -447,20 +447,23 @@ def drift_report(
     else:
         edges = histogram_edges(m.min, m.max, bins or DEFAULT_BINS)
     new = _compute_pass(model, data, edges, feature_names)
+    if new.rows == 0:
+        raise DataError("the new data has no rows to compare with the fitted statistics")
     nm = new.moments
     fit_std, fit_var = m.std(0), m.var(0)
+    vanished = nm.count == 0  # every new value missing: no mean, variance or range to compare
     with np.errstate(divide="ignore", invalid="ignore"):
         diff = (nm.mean - m.mean) + (nm.mean_lo - m.mean_lo)
-        shift = np.where(diff == 0, 0.0, diff / fit_std)
-        ratio = np.where(nm.var(0) == fit_var, 1.0, nm.var(0) / fit_var)
-        outside = (new.below + new.above) / nm.count
+        shift = np.where(vanished, np.nan, np.where(diff == 0, 0.0, diff / fit_std))
+        ratio = np.where(vanished, np.nan, np.where(nm.var(0) == fit_var, 1.0, nm.var(0) / fit_var))
+        outside = np.where(vanished, np.nan, (new.below + new.above) / nm.count)
         rate_fit = m.nan_count / (m.count + m.nan_count)
         rate = nm.nan_count / (nm.count + nm.nan_count)
     stability = psi(reference.input, new.counts) if reference is not None else np.full(len(model.features), np.nan)
     t = thresholds
     features = []
     for i, f in enumerate(model.features):
-        reasons = []
+        reasons = ["no_values"] if vanished[i] else []  # a feature that vanished has drifted, whatever the thresholds
         if t.mean_shift is not None and abs(shift[i]) > t.mean_shift:
             reasons.append("mean_shift")
         if t.variance_ratio is not None and not t.variance_ratio[0] <= ratio[i] <= t.variance_ratio[1] and not math.isnan(ratio[i]):

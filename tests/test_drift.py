@@ -142,3 +142,20 @@ def test_thresholds_are_validated():
     assert parsed == DriftThresholds(0.1, (0.8, 1.25), 0.01, None)
     with pytest.raises(ParameterError, match="outside_share: 'x' is not a number"):
         DriftThresholds.from_overrides(["outside_share=x"])
+
+
+def test_a_feature_without_new_values_is_flagged_and_no_rows_is_an_error():
+    """All-NaN new data for a feature gave it a made-up mean shift (the new
+    mean taken as 0) and 'no drift'; now it has no shift, ratio or share and
+    is flagged whatever the thresholds. No rows at all is an error."""
+    from scalepipe.errors import DataError
+
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"a": 100 + rng.standard_normal(500), "b": rng.standard_normal(500)})
+    model = sp.fit(train)
+    result = drift_report(model, train.assign(a=np.nan), thresholds={"mean_shift": None, "variance_ratio": None, "outside_share": None, "psi": None})
+    a, b = result.features
+    assert a.reasons == ("no_values",) and a.count == 0 and math.isnan(a.mean_shift) and math.isnan(a.variance_ratio)
+    assert b.reasons == () and result.flagged
+    with pytest.raises(DataError, match="the new data has no rows"):
+        drift_report(model, train.iloc[:0])
