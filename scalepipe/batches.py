@@ -29,15 +29,21 @@ __all__ = ["Running", "batch_bounds", "batch_moments", "check_batch_rows", "runn
 
 
 def batch_bounds(n_rows: int, batch_rows: int | None) -> list[tuple[int, int]]:
-    """``(start, stop)`` of each batch of a partition of ``n_rows`` rows."""
-    if batch_rows is None or n_rows == 0:
-        return [(0, n_rows)]
+    """``(start, stop)`` of each batch of a partition of ``n_rows`` rows; none for an empty partition.
+
+    (An empty partition, such as a CSV block that holds no row, has no batch.)
+    """
+    if batch_rows is None:
+        return [(0, n_rows)] if n_rows else []
     return [(a, min(a + batch_rows, n_rows)) for a in range(0, n_rows, batch_rows)]
 
 
 def batch_moments(x: np.ndarray, batch_rows: int | None, names: Sequence[object] | None = None) -> Moments:
     """Statistics of each batch of ``x`` (rows x features): shape ``(n_batches, n_features)``."""
-    return Moments.stack([chunk_moments(x[a:b], names) for a, b in batch_bounds(len(x), batch_rows)])
+    bounds = batch_bounds(len(x), batch_rows)
+    if not bounds:
+        return Moments.empty((0, x.shape[1]))
+    return Moments.stack([chunk_moments(x[a:b], names) for a, b in bounds])
 
 
 def check_batch_rows(batches: Moments, min_rows: int, labels: Sequence[str]) -> None:

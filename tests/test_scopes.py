@@ -300,3 +300,22 @@ def test_scope_settings_outside_their_scope_are_refused():
         sp.fit(x, scope="partition", key="k")
     with pytest.raises(ParameterError, match="stats: 'batch' needs a model fitted with scope 'partition', not 'global'"):
         sp.fit(x).transform(x, stats="batch")
+
+
+def test_partition_scope_skips_an_empty_partition():
+    """An empty partition (a CSV block without rows, a filtered-out file) has
+    no batch; it was 'a batch of 0 row(s)', an error. The other batches are
+    scaled with their own statistics, as numpy computes them."""
+    import dask
+    import dask.dataframe as dd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"v": rng.standard_normal(30), "w": 5 + rng.standard_normal(30)})
+    parts = [df.iloc[:10], df.iloc[10:10], df.iloc[10:30]]
+    frame = dd.from_delayed([dask.delayed(lambda p: p)(p) for p in parts], meta=df.iloc[:0])
+    with dask.config.set(scheduler="sync"):
+        model = sp.fit(frame, scope="partition", batch_rows=10)
+        out = model.transform(frame, stats="batch").compute()
+    assert model.batches.labels == ["partition 0 batch 0", "partition 2 batch 0", "partition 2 batch 1"]
+    expected = pd.concat([(b - b.mean()) / b.std(ddof=0) for b in (df.iloc[:10], df.iloc[10:20], df.iloc[20:])])
+    np.testing.assert_allclose(out.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-14)
