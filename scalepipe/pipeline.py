@@ -141,6 +141,8 @@ def run_job(
     _ensure_demo_input(cfg, echo)
     source = _open_input(cfg)
     previous = load(cfg.stats.path) if mode == "transform" or update else None
+    if update:
+        _check_update_settings(cfg, previous)
     _check_columns(cfg, source, previous)
     manifest = None
     cluster = open_cluster(
@@ -223,6 +225,17 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
     if passthrough:
         lines.append(f"passthrough: {', '.join(map(str, passthrough))}")
     return lines, warnings
+
+
+def _check_update_settings(cfg: Config, previous: Model) -> None:
+    """``fit --update`` keeps the artifact's scope and exactness: a config that sets others is refused."""
+    kept = {"scope": previous.scope.kind, "key": previous.scope.key, "exact": previous.exact is not None}
+    for name, value in kept.items():
+        if name in cfg.stats.model_fields_set and getattr(cfg.stats, name) != value:
+            raise ConfigError(
+                f"stats.{name}: {getattr(cfg.stats, name)!r}, but the statistics at stats.path were fitted with "
+                f"{name} {value!r}, which fit --update keeps; remove stats.{name} or fit anew"
+            )
 
 
 def _check_plan(cfg: Config, *, writes_output: bool) -> None:

@@ -153,6 +153,10 @@ def test_fit_update_equals_one_fit_on_all_data(tmp_path, client, exact):
     run_job(job("csv_example.yaml", tmp_path, f"stats.exact={exact}", inp="a", out=None), "fit", scheduler=address)
     assert not (tmp_path / "out").exists()
     updated = run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler=address)
+    # the config may not ask for another scope or exactness than the artifact's (they were ignored)
+    for overrides in ([f"stats.exact={not exact}"], ["stats.scope=key", "stats.key=segment"]):
+        with pytest.raises(ConfigError, match=r"stats\.(exact|scope): .*fit --update keeps; remove"):
+            run_job(job("csv_example.yaml", tmp_path, *overrides, inp="b", out=None), "fit", update=True, scheduler="tcp://127.0.0.1:9")
 
     both = pd.concat([first, second], ignore_index=True)
     saved = sp.load(tmp_path / "stats.json")
