@@ -494,9 +494,8 @@ def _is_compressed(path: str) -> bool:
     return path.lower().endswith(_COMPRESSED_CSV)
 
 
-def _csv_bad_column(data: bytes, names: list[str], meta: pd.DataFrame, wanted: list[str]) -> str:
-    """The first float column of a CSV block holding a non-number, or ''."""
-    loose = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=wanted, dtype=str)
+def _csv_bad_column(loose: pd.DataFrame, meta: pd.DataFrame, wanted: list[str]) -> str:
+    """The first float column of a CSV block (read as text, ``loose``) holding a non-number, or ''."""
     for col in wanted:
         if meta[col].dtype.kind == "f":
             parsed = pd.to_numeric(loose[col], errors="coerce")
@@ -531,7 +530,14 @@ def _read_csv_part(
             )
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         where = f"bytes {offset}-{offset + length}" if length >= 0 else "whole file"
-        detail = _csv_bad_column(data, names, meta, wanted) if data else ""
+        try:  # name the column: read the block again as text
+            if length < 0:
+                loose = pd.read_csv(path, usecols=wanted, dtype=str)
+            else:
+                loose = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=wanted, dtype=str)
+            detail = _csv_bad_column(loose, meta, wanted)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError):
+            detail = ""
         raise InputError(
             f"CSV file {path!r} ({where}) cannot be parsed: {detail or exc}"
         ) from exc
@@ -568,10 +574,15 @@ def _read_csv(path: str, columns: Sequence[str] | None) -> TableSource:
             )
     selected = _selected(names, columns, f"the CSV input {path!r}")
     sample_rows = int(dask.config.get("scalepipe.io.csv-sample-rows", 10_000))
-    try:
-        sample = pd.read_csv(files[0], nrows=sample_rows, usecols=selected)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"CSV file {files[0]!r} cannot be parsed: {exc}") from exc
+    for file in files:  # the dtypes come from the first file with rows (a header-only file has none to tell)
+        try:
+            sample = pd.read_csv(file, nrows=sample_rows, usecols=selected)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+            raise InputError(f"CSV file {file!r} cannot be parsed: {exc}") from exc
+        if len(sample):
+            break
+    else:
+        raise InputError(f"the CSV input {path!r} has a header but no rows in any of its {len(files)} file(s)")
     meta = pd.DataFrame(
         {c: pd.Series([], dtype=_csv_dtype(sample[c].dtype)) for c in selected}
     )

@@ -233,6 +233,34 @@ def test_read_csv_bad_value_names_file_and_column(tmp_path, sync):
         src.frame.compute()
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_read_csv_bad_value_in_the_only_or_compressed_file_names_the_column(tmp_path, sync, suffix):
+    """A compressed file is read whole: its error named no column (pandas' own message)."""
+    bad = make_frame(0, 6).astype({"f64": object})
+    bad.loc[4, "f64"] = "oops"
+    (tmp_path / "in").mkdir()
+    bad.to_csv(tmp_path / "in" / f"a{suffix}", index=False)
+    with dask.config.set({"scalepipe.io.csv-sample-rows": 2}):  # the dtypes come from rows before the bad one
+        src = read_table(str(tmp_path / "in"), "csv")
+    with pytest.raises(InputError, match=f"a{suffix.replace('.', '[.]')}.*column 'f64' holds 'oops', not a number"):
+        src.frame.compute()
+
+
+def test_a_header_only_csv_file_neither_decides_the_dtypes_nor_hides_an_empty_input(tmp_path, sync):
+    """The dtypes come from the first file with rows (a header-only first file
+    made every column text: 'not numeric'); an input with no rows at all says so."""
+    (tmp_path / "in").mkdir()
+    df = make_frame(0, 5)
+    df.iloc[:0].to_csv(tmp_path / "in" / "a.csv", index=False)
+    df.to_csv(tmp_path / "in" / "b.csv", index=False)
+    src = read_table(str(tmp_path / "in"), "csv")
+    assert src.schema["f64"] == "float64"
+    np.testing.assert_array_equal(src.frame.compute()["f64"].to_numpy(), df["f64"].to_numpy())
+    (tmp_path / "in" / "b.csv").unlink()
+    with pytest.raises(InputError, match="has a header but no rows in any of its 1 file"):
+        read_table(str(tmp_path / "in"), "csv")
+
+
 def test_read_compressed_csv_whole_file(tmp_path, sync):
     (tmp_path / "in").mkdir()
     df = make_frame(0, 40)
