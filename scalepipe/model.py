@@ -376,10 +376,13 @@ class Model:
         column = self._key_column(data)
         return (~column.isin(list(self.groups.keys))).sum()
 
-    def partial_fit(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Model:
+    def partial_fit(
+        self, data: Any, *, feature_names: Sequence[Any] | None = None, partition_labels: Sequence[str] | None = None
+    ) -> Model:
         """Update the statistics with more rows; equals a fit on all rows together.
 
-        In the partition scope the new data's batches follow the fitted ones,
+        In the partition scope the new data's batches follow the fitted ones
+        (``partition_labels``, e.g. their files, name them as in :func:`fit`),
         and the running statistics continue from where they were.
 
         Returns
@@ -402,7 +405,7 @@ class Model:
             new = _compute(view, names)
         else:
             first = len({label.split(" batch ")[0] for label in self.batches.labels})
-            table, labels = _batch_table(view, names, self.scope, None, first)
+            table, labels = _batch_table(view, names, self.scope, partition_labels, first)
             new = merge_all([table.row(i) for i in range(len(labels))])
             self.batches = BatchStats(
                 Moments.concat([self.batches.moments, table], axis=0),

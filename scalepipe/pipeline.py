@@ -385,7 +385,7 @@ def _fit(cfg: Config, source: _Input, previous: Model | None, echo: Echo) -> Mod
     fit_data = source.data if source.schema is None else source.data[_fit_columns(cfg, source.schema)]
     echo(f"fitting {len(source.files)} input file(s)" if source.schema is not None else f"fitting {cfg.input.path}")
     if previous is not None:
-        return previous.partial_fit(fit_data)
+        return previous.partial_fit(fit_data, partition_labels=source.partition_files)
     meta = {"config_hash": config_hash(cfg), "input_fingerprint": _fingerprint(source.files)}
     st = cfg.stats
     return fit(

@@ -113,13 +113,15 @@ def test_partition_model_round_trip_and_global_inference(tmp_path):
 def test_partial_fit_continues_running_stats():
     rng = np.random.default_rng(5)
     parts = [rng.normal(i, 1, size=(8, 2)) for i in range(3)]
-    one = sp.fit(parts[0], [sp.BatchNorm(momentum=0.3)], scope="partition")
-    for p in parts[1:]:
-        one.partial_fit(p)
+    one = sp.fit(parts[0], [sp.BatchNorm(momentum=0.3)], scope="partition", partition_labels=["a.parquet"])
+    for i, p in enumerate(parts[1:]):
+        one.partial_fit(p, partition_labels=[f"{'bc'[i]}.parquet"] if i == 0 else None)
     _, mean, var = numpy_batchnorm(parts, 1.0, 0.0, 1e-5, 0.3)
     np.testing.assert_allclose(one.batches.running.mean, mean, rtol=1e-12)
     np.testing.assert_allclose(one.batches.running.var, var, rtol=1e-12)
     np.testing.assert_allclose(one.moments.mean, np.vstack(parts).mean(0), rtol=1e-12)
+    # the update's batches are named by their partitions' labels, as at fit
+    assert one.batches.labels == ["partition 0 (a.parquet) batch 0", "partition 1 (b.parquet) batch 0", "partition 2 batch 0"]
 
 
 def test_torch_state_dict():
