@@ -315,6 +315,8 @@ def drift(
     from .drift import DriftThresholds
     from .errors import ConfigError
 
+    if overrides and not config:
+        raise ConfigError("drift: --set changes a CONFIG; give one, or drop --set")
     cfg = load_config(config, overrides) if config else None
     stats_path = stats_path or (cfg.stats.path if cfg else None)
     input_path = input_path or (cfg.input.path if cfg else None)

@@ -246,7 +246,7 @@ class DriftResult:
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows]]
         if self.unseen is not None:
-            shown = ", ".join(map(str, self.unseen.keys[:10]))
+            shown = ", ".join(map(repr, self.unseen.keys[:10]))  # quoted: a key may hold a comma or a line break
             more = " ..." if self.unseen.truncated or len(self.unseen.keys) > 10 else ""
             lines.append(
                 f"unseen keys: {self.unseen.rows} rows ({_pct(self.unseen.share)}), {len(self.unseen.keys)}"
@@ -491,6 +491,8 @@ def drift_report(
             )
         )
     notes = []
+    if thresholds.unseen_share is not None and model.groups is None:
+        notes.append("unseen_share applies to the key scope only: not checked")
     if reference is None:
         notes.append("no histograms of the fitted data (saved by `scalepipe run` beside the statistics): PSI not computed")
     unseen = None
@@ -511,6 +513,12 @@ def _plain(key: Any) -> Any:
     """A key as a JSON-friendly Python value."""
     if isinstance(key, np.generic):
         key = key.item()
-    if isinstance(key, float) and math.isnan(key):
-        return None
+    if key is None or (not isinstance(key, (str, bytes)) and bool(np.ndim(key) == 0 and _missing(key))):
+        return None  # NaN, pandas' NA and NaT: JSON null, not the text "<NA>"
     return key
+
+
+def _missing(value: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))

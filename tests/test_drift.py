@@ -159,3 +159,19 @@ def test_a_feature_without_new_values_is_flagged_and_no_rows_is_an_error():
     assert b.reasons == () and result.flagged
     with pytest.raises(DataError, match="the new data has no rows"):
         drift_report(model, train.iloc[:0])
+
+
+def test_unseen_keys_are_plain_json_and_quoted_in_the_table():
+    """A missing key of a nullable string column was written as the text
+    "<NA>"; keys holding a comma or a line break broke the table's line."""
+    rng = np.random.default_rng(5)
+    train = pd.DataFrame({"store": pd.array(rng.choice(["s1", "s2"], 200), dtype="string"), "sales": rng.gamma(2.0, 10.0, 200)})
+    model = sp.fit(train, [sp.ZScore(["sales"])], scope="key", key="store")
+    new = pd.DataFrame({"store": pd.array(["s1", None, "a,b\nc"], dtype="string"), "sales": [1.0, 2.0, 3.0]})
+    result = drift_report(model, new)
+    assert set(result.unseen.keys) == {None, "a,b\nc"}
+    assert None in json.loads(json.dumps(result.to_dict(), allow_nan=False))["unseen"]["keys"]
+    line = next(line for line in result.table().splitlines() if line.startswith("unseen keys"))
+    assert "'a,b\\nc'" in line and "None" in line
+    # unseen_share on a model without keys is not silently dropped
+    assert "unseen_share applies to the key scope only" in drift_report(sp.fit(train[["sales"]]), new[["sales"]], {"unseen_share": 0.1}).table()

@@ -108,3 +108,5 @@ def test_report_and_drift_never_write_over_the_statistics_the_input_or_other_fil
         result = cli("drift", "--stats", str(stats), "--input", str(train), "--json", str(target), cwd=root)
         assert result.returncode == 1 and result.stderr.startswith(f"error: --json {str(target)!r}"), result.stderr
         assert target.read_bytes() == before
+    ignored = cli("drift", "--stats", str(stats), "--input", str(train), "--set", "stats.scope=key", cwd=root)
+    assert ignored.returncode == 1 and "--set changes a CONFIG" in ignored.stderr  # was silently ignored
