@@ -335,7 +335,7 @@ class Model:
         if stats == "batch" and self.scope.kind != "partition":
             raise ParameterError("stats", f"'batch' needs a model fitted with scope 'partition', not {self.scope.kind!r}")
         if self.groups is not None:
-            self._key_column(data)
+            self.key_column(data)
         view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
         fn = BatchMap(self.rules, self.scope.batch_rows) if stats == "batch" else self._map(inverse=False)
         if out is None:
@@ -347,12 +347,18 @@ class Model:
     def inverse_transform(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Any:
         """Undo :meth:`transform` (a feature scaled to a constant maps back to its center)."""
         if self.groups is not None:
-            self._key_column(data)
+            self.key_column(data)
         view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
         return view.transform(self.feature_names, self._map(inverse=True))
 
-    def _key_column(self, data: Any) -> Any:
-        """The key column of a table (the key scope), or a :class:`ColumnError` naming it."""
+    def key_column(self, data: Any) -> Any:
+        """The key column of ``data``, a table, for a model fitted with scope ``key``.
+
+        Raises
+        ------
+        ColumnError
+            ``data`` is not a table or lacks the key column; the message names it.
+        """
         key = self.scope.key
         if not hasattr(data, "columns") or key not in data.columns:
             kind = "a table without it" if hasattr(data, "columns") else f"{type(data).__name__} data"
@@ -373,7 +379,7 @@ class Model:
         """
         if self.groups is None:
             raise ParameterError("scope", "unseen_rows needs a model fitted with scope='key'")
-        column = self._key_column(data)
+        column = self.key_column(data)
         return (~column.isin(list(self.groups.keys))).sum()
 
     def partial_fit(

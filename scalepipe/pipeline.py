@@ -511,6 +511,8 @@ def drift_job(
     model = load(stats_path)
     source = io.read_table(input_path, input_format)  # type: ignore[arg-type]
     view_of(source.frame._meta).positions(model.feature_names)
+    if model.groups is not None:
+        model.key_column(source.frame._meta)  # before the cluster starts
     reference = load_histograms(histograms_path(stats_path), model)
     with open_cluster(cluster, scheduler=scheduler, echo=echo, input_path=input_path):
         echo(f"checking {len(source.paths)} input file(s) for drift")

@@ -299,3 +299,15 @@ def test_a_key_column_the_artifact_cannot_store_is_refused_before_any_work(tmp_p
     )
     with pytest.raises(ColumnError, match="stats.key: key column 'day' has dtype (datetime|timestamp).*write the column as one of those"):
         validate_job(cfg)
+
+
+def test_drift_checks_the_key_column_before_the_cluster_starts(tmp_path):
+    from scalepipe.config import ClusterConfig
+    from scalepipe.pipeline import drift_job
+
+    df = pd.DataFrame({"store": ["a", "b"] * 10, "sales": np.arange(20.0)})
+    sp.fit(df, scope="key", key="store").save(tmp_path / "stats.json")
+    (tmp_path / "new").mkdir()
+    df[["sales"]].to_parquet(tmp_path / "new" / "part.parquet")
+    with pytest.raises(ColumnError, match="key column 'store'"):  # not a failure to reach the scheduler
+        drift_job(str(tmp_path / "stats.json"), str(tmp_path / "new"), "parquet", ClusterConfig(), scheduler="tcp://127.0.0.1:9")
