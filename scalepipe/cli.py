@@ -70,6 +70,10 @@ def _load_job_modules() -> None:
             gc.enable()
 
 
+#: Commands that only read and print: their reader leaving early is not an error.
+_PRINTING_COMMANDS = ("inspect", "validate")
+
+
 def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn exceptions into one-line messages and exit codes."""
 
@@ -84,9 +88,10 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("error: interrupted; an unfinished output or statistics file is never put in place", err=True)
             sys.exit(EXIT_INTERRUPTED)
-        except BrokenPipeError:  # the reader of stdout left (`scalepipe inspect ... | head`): not an error
+        except BrokenPipeError:  # the reader of our output left (`scalepipe inspect ... | head`)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
-            sys.exit(0)
+            # a command that only prints is done; a job that was stopped by it has failed
+            sys.exit(0 if func.__name__ in _PRINTING_COMMANDS else EXIT_ERROR)
         except ScalepipeError as err:
             if debug:
                 traceback.print_exc()
@@ -264,8 +269,14 @@ def _check_target(option: str, target: str, stats: str, suffixes: tuple[str, ...
     real = os.path.realpath(target)
     if real in {os.path.realpath(p) for p in (stats, histograms_path(stats))}:
         raise OutputError(f"{option} {target!r} is the statistics file or its histograms; write elsewhere")
-    if inside is not None and (real == os.path.realpath(inside) or real.startswith(os.path.realpath(inside) + os.sep)):
-        raise OutputError(f"{option} {target!r} is inside the input {inside!r}; write elsewhere")
+    if inside is not None:
+        import glob
+
+        for path in glob.glob(inside) if glob.has_magic(inside) else [inside]:  # a glob names files, and their folders
+            for place in (path, os.path.dirname(path)) if glob.has_magic(inside) else (path,):
+                where = os.path.realpath(place)
+                if real == where or real.startswith(where + os.sep):
+                    raise OutputError(f"{option} {target!r} is inside the input {inside!r}; write elsewhere")
     if os.path.exists(target) and not target.lower().endswith(suffixes):
         raise OutputError(f"{option} {target!r} exists and is not a {' or '.join(suffixes)} file; write elsewhere")
 

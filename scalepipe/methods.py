@@ -193,6 +193,7 @@ class ZScore(Scaler):
             raise ParameterError("ddof", f"must be a non-negative integer, got {self.ddof!r}")
 
     def min_count(self) -> int:
+        """``ddof + 1``: the standard deviation divides by ``count - ddof``."""
         return self.ddof + 1 if self.with_std else 1
 
     def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -310,7 +311,9 @@ def decimal_exponent(absmax: float) -> int:
 
 
 def _numbers(values: object) -> tuple[float, ...] | None:
-    """``values`` as floats, or ``None`` unless it is a sequence of real numbers (not booleans or strings)."""
+    """``values`` as floats, or ``None`` unless it is a sequence (or array) of real numbers (not booleans or strings)."""
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         return None
     if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) for v in values):

@@ -86,6 +86,13 @@ class Scope:
             raise ParameterError("inference_stats", f"{self.inference_stats!r} is not 'running' or 'global'")
         if self.kind == "key" and self.key is None:
             raise ParameterError("key", "scope 'key' needs the key column")
+
+    def check_settings(self) -> None:
+        """Refuse settings of another scope (``batch_rows``, ``key``), as the config does.
+
+        Checked when fitting, not when loading: artifacts written before the
+        check may carry such inert settings.
+        """
         if self.kind != "key" and self.key is not None:
             raise ParameterError("key", f"is only used with scope 'key' (scope is {self.kind!r}), got {self.key!r}")
         if self.kind != "partition" and self.batch_rows is not None:
@@ -201,12 +208,14 @@ def _batch_table(
 ) -> tuple[Moments, list[str]]:
     """Every batch's statistics, in partition order, with one label per batch."""
     per_partition = _evaluate(view, names, *view.batch_moments(names, scope.batch_rows))
-    labels = []
+    labels: list[str] = []
     for p, table in enumerate(per_partition):
         where = f"partition {first + p}"
         if partition_labels is not None:
             where += f" ({partition_labels[p]})"
         labels += [f"{where} batch {b}" for b in range(table.count.shape[0])]
+    if not labels:
+        raise DataError("the data has no rows to fit")
     moments = Moments.concat(per_partition, axis=0)
     check_batch_rows(moments, scope.min_batch_rows, labels)
     return moments, labels
@@ -410,7 +419,7 @@ class Model:
         elif self.batches is None:
             new = _compute(view, names)
         else:
-            first = len({label.split(" batch ")[0] for label in self.batches.labels})
+            first = 1 + max((int(label.split()[1]) for label in self.batches.labels), default=-1)
             table, labels = _batch_table(view, names, self.scope, partition_labels, first)
             new = merge_all([table.row(i) for i in range(len(labels))])
             self.batches = BatchStats(
@@ -503,7 +512,7 @@ class Model:
             "feature_dims": self.meta.get("feature_dims"),
             "scalers": [s.to_dict() for s in self.scalers],
             "features": [{"name": _storable_name(f.name), "dtype": f.dtype, "rule": f.rule} for f in self.features],
-            "passthrough": [_storable_name(n) for n in self.passthrough],
+            "passthrough": [n if isinstance(n, (str, int)) else str(n) for n in map(_plain_name, self.passthrough)],
             "statistics": _moments_document(self.moments),
             "parameters": {k: artifact.encode_floats(getattr(self.params, k)) for k in _AFFINE_FIELDS},
             "scope": asdict(self.scope),
@@ -621,14 +630,27 @@ def _tables_file_of(path: str | os.PathLike[str]) -> str | None:
 
 
 def _remove_if_unreferenced(folder: Path, name: str) -> None:
-    """Delete the side-tables file ``name`` of a replaced artifact unless an artifact in ``folder`` still names it."""
-    for other in folder.glob("*.json"):
+    """Delete the side-tables file ``name`` of a replaced artifact unless another file in ``folder`` names it.
+
+    Artifacts may have any file name, so every file that starts as JSON
+    does is searched; where one cannot be read, the tables are kept.
+    """
+    needle = name.encode()
+    for other in folder.iterdir():
+        if other.suffix == ".npz" or not other.is_file():
+            continue
         try:
-            if name in other.read_text(encoding="utf-8"):
-                return
-        except (OSError, UnicodeDecodeError):
-            return  # cannot tell: keep it
+            with other.open("rb") as f:
+                if f.read(1) == b"{" and needle in f.read():
+                    return
+        except OSError:
+            return
     (folder / name).unlink(missing_ok=True)
+
+
+def _plain_name(name: Any) -> Any:
+    """``name``, a numpy integer as a Python one."""
+    return int(name) if isinstance(name, np.integer) else name
 
 
 def _storable_name(name: Any) -> str | int:
@@ -809,6 +831,7 @@ def fit(
     rules = _as_scalers(scalers)
     if not isinstance(scope, Scope):
         scope = Scope(scope, batch_rows, min_batch_rows, inference_stats, key)
+    scope.check_settings()
     if exact and scope.kind != "global":
         raise ParameterError("exact", f"exact sums are kept for the global scope only, not {scope.kind!r}")
     exact_sums = None

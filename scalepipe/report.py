@@ -153,7 +153,8 @@ def _matches(hist: Histograms, model: Any) -> bool:
     if list(hist.names) != list(model.feature_names):
         return False
     edges, _ = model_edges(model, hist.bins)
-    return bool(np.array_equal(edges, hist.input.edges) and np.array_equal(hist.input.total, model.moments.count))
+    counts = np.array_equal(hist.input.total, model.moments.count) and np.array_equal(hist.nan, model.moments.nan_count)
+    return bool(np.array_equal(edges, hist.input.edges) and counts)
 
 
 def _ratio(a: float, b: float) -> float:

@@ -186,7 +186,8 @@ class ArrayView(View):
         return x.reshape(-1, int(np.prod(self.feature_shape, dtype=np.int64)))
 
     def moments(self, names: Sequence[Any], exact: bool = False) -> Any:
-        """Statistics of ``names``; the other features are not read (an infinity there is no error)."""
+        """Statistics of ``names``; in memory, and for a 2-D dask array, the other features are not read
+        (an infinity there is no error; an N-d dask array is reduced whole, then the features picked)."""
         pos = self.positions(names)
         every = np.array_equal(pos, np.arange(len(self.names)))
         if self._dask:
@@ -194,7 +195,7 @@ class ArrayView(View):
 
             from . import reduce
 
-            if self.data.ndim == 2 and not every:  # rows x features: read the chosen columns only
+            if self.data.ndim == 2 and self.reduce_axes == (0,) and not every:  # rows x features: the chosen columns only
                 return reduce.array_moments(self.data[:, pos], (0,), self.name_grid[pos], exact)
             full = reduce.array_moments(self.data, self.reduce_axes, self.name_grid, exact)
             return dask.delayed(_take_flat, pure=True)(full, pos)

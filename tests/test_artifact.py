@@ -190,3 +190,36 @@ def test_saving_over_an_artifact_removes_its_side_tables_unless_another_names_th
     assert not old[0].exists() and len(list(tmp_path.glob("*.npz"))) == 1
     for name in ("a.json", "b.json"):
         pd.testing.assert_index_equal(sp.load(tmp_path / name).groups.keys, second.groups.keys)
+
+
+def test_side_tables_named_by_an_artifact_of_any_file_name_are_kept(tmp_path):
+    import pandas as pd
+
+    def keyed(seed: int) -> sp.Model:
+        rng = np.random.default_rng(seed)
+        return sp.fit(pd.DataFrame({"k": np.repeat(np.arange(25_000), 2), "v": rng.standard_normal(50_000)}), scope="key", key="k")
+
+    first = keyed(0)
+    first.save(tmp_path / "a.stats")
+    first.save(tmp_path / "b.stats")  # not .json: still an artifact naming the tables
+    keyed(1).save(tmp_path / "a.stats")
+    assert sp.load(tmp_path / "b.stats").groups.keys.equals(first.groups.keys)
+
+
+def test_older_artifacts_with_inert_scope_settings_still_load(tmp_path):
+    """Scope settings of another scope are refused when fitting, not when loading."""
+    x = np.random.default_rng(0).standard_normal((30, 2))
+    sp.fit(x).save(tmp_path / "m.json")
+    doc = json.loads((tmp_path / "m.json").read_text())
+    doc["scope"]["batch_rows"] = 10
+    doc["checksum"] = checksum(doc)
+    (tmp_path / "m.json").write_text(json.dumps(doc))
+    np.testing.assert_array_equal(sp.load(tmp_path / "m.json").transform(x), sp.fit(x).transform(x))
+
+
+def test_a_passthrough_name_the_artifact_cannot_store_does_not_block_save(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame({"a": np.arange(10.0), 2.5: np.arange(10.0)})
+    sp.fit(df, [sp.ZScore(["a"])]).save(tmp_path / "m.json")
+    assert sp.load(tmp_path / "m.json").passthrough == ["2.5"]

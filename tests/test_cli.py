@@ -532,3 +532,9 @@ def test_output_cut_short_by_its_reader_is_not_an_error(tmp_path):
     shell = f"set -o pipefail; {sys.executable} -m scalepipe inspect wide.json | head -1 > /dev/null"
     result = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+    # a job whose output's reader leaves is stopped by it: that is a failure, not success
+    (tmp_path / "job.yaml").write_text((CONFIGS / "quickstart.yaml").read_text())
+    shell = f"set -o pipefail; {sys.executable} -m scalepipe run job.yaml 2>&1 | head -c 1 > /dev/null"
+    job = subprocess.run(["bash", "-c", shell], cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+    assert job.returncode == 1, (job.returncode, job.stderr)
+    assert (tmp_path / "quickstart-data" / "train").is_dir()  # it got past its checks: the pipe stopped it

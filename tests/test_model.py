@@ -434,3 +434,18 @@ def test_dataset_variables_that_cannot_be_scaled_pass_through():
         sp.fit(ds["mask"])
     with pytest.raises(DataError, match="no data variable can be scaled: 'mask' has dtype bool, not numeric; 'label' has dtype <U1"):
         sp.fit(ds[["mask", "label"]])
+
+
+def test_a_dask_variable_reduced_over_its_last_dim_fits_the_chosen_features_only(client):
+    """Reading only the chosen columns is for rows x features; a dask variable
+    whose reduced dim is not the first must not take that path (it gave
+    another cell's statistics)."""
+    xr = pytest.importorskip("xarray")
+    values = np.random.default_rng(0).standard_normal((3, 50)) * np.array([[1.0], [10.0], [100.0]]) + np.array([[0.0], [5.0], [-7.0]])
+    arr = xr.DataArray(values, dims=("f", "t"), coords={"f": ["a", "b", "c"]}, name="v").chunk({"t": 20})
+    model = sp.fit(arr, [sp.ZScore(["v[b]"])], reduce_dims=["t"])
+    np.testing.assert_allclose([model.moments.count[0], model.moments.mean[0]], [50, values[1].mean()], rtol=1e-13)
+
+
+def test_minmax_takes_an_array_feature_range():
+    assert sp.MinMax(feature_range=np.array([-1, 1])).feature_range == (-1.0, 1.0)

@@ -321,3 +321,22 @@ def test_partition_scope_skips_an_empty_partition():
     assert model.batches.labels == ["partition 0 batch 0", "partition 2 batch 0", "partition 2 batch 1"]
     expected = pd.concat([(b - b.mean()) / b.std(ddof=0) for b in (df.iloc[:10], df.iloc[10:20], df.iloc[20:])])
     np.testing.assert_allclose(out.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-14)
+
+
+def test_partition_numbers_continue_after_an_empty_partition_and_no_rows_is_an_error():
+    import dask
+    import dask.dataframe as dd
+
+    from scalepipe.errors import DataError
+
+    df = pd.DataFrame({"v": np.arange(20.0), "w": np.arange(20.0) ** 2})
+
+    def frame(parts):
+        return dd.from_delayed([dask.delayed(lambda p: p)(p) for p in parts], meta=df.iloc[:0])
+
+    with dask.config.set(scheduler="sync"):
+        model = sp.fit(frame([df.iloc[:10], df.iloc[10:10]]), scope="partition")
+        model.partial_fit(frame([df.iloc[10:20]]))
+        assert model.batches.labels == ["partition 0 batch 0", "partition 1 batch 0"]  # after the highest, not the count
+        with pytest.raises(DataError, match="the data has no rows to fit"):
+            sp.fit(frame([df.iloc[:0]]), scope="partition")
