@@ -261,22 +261,13 @@ def _table(model: Any) -> list[str]:
     return ["  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip() for t in [columns, *table]]
 
 
-def _check_target(option: str, target: str, stats: str, suffixes: tuple[str, ...], inside: str | None = None) -> None:
-    """Refuse to write ``target`` over the statistics, their histograms, the input, or another kind of file."""
+def _check_target(option: str, target: str, stats: str, suffixes: tuple[str, ...]) -> None:
+    """Refuse to write ``target`` over the statistics, their histograms, or another kind of file."""
     from .errors import OutputError
     from .report import histograms_path
 
-    real = os.path.realpath(target)
-    if real in {os.path.realpath(p) for p in (stats, histograms_path(stats))}:
+    if os.path.realpath(target) in {os.path.realpath(p) for p in (stats, histograms_path(stats))}:
         raise OutputError(f"{option} {target!r} is the statistics file or its histograms; write elsewhere")
-    if inside is not None:
-        import glob
-
-        for path in glob.glob(inside) if glob.has_magic(inside) else [inside]:  # a glob names files, and their folders
-            for place in (path, os.path.dirname(path)) if glob.has_magic(inside) else (path,):
-                where = os.path.realpath(place)
-                if real == where or real.startswith(where + os.sep):
-                    raise OutputError(f"{option} {target!r} is inside the input {inside!r}; write elsewhere")
     if os.path.exists(target) and not target.lower().endswith(suffixes):
         raise OutputError(f"{option} {target!r} exists and is not a {' or '.join(suffixes)} file; write elsewhere")
 
@@ -336,9 +327,17 @@ def drift(
     fmt = input_format or (cfg.input.format if cfg else "parquet")
     limits = DriftThresholds.from_overrides(thresholds)
     if json_path:
-        _check_target("--json", json_path, stats_path, (".json",), inside=input_path)
+        _check_target("--json", json_path, stats_path, (".json",))
     _load_job_modules()  # after the arguments are checked: their errors come at once
+    from . import io
+    from .errors import OutputError
     from .pipeline import drift_job
+
+    if json_path:
+        try:
+            io.check_paths(input_path, json_path)  # never into the input (its folder, or a glob's fixed prefix)
+        except OutputError as err:
+            raise OutputError(f"--json {json_path!r}: {err}") from None
 
     result = drift_job(
         stats_path,

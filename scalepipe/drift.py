@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ColumnError, DataError, ParameterError
+from .errors import DataError, ParameterError
 from .histograms import DEFAULT_BINS, Counts, count_bins, feature_columns, histogram_edges, psi
 from .stats import Moments, NonFiniteError, chunk_moments, merge_all, tree_reduce
 
@@ -368,10 +368,10 @@ def _compute_pass(model: Any, data: Any, edges: np.ndarray, feature_names: Seque
     keys = list(model.groups.keys) if key is not None else None
     fnames = list(feature_names) if feature_names is not None else None
     args = (names, edges, m.min, m.max, key, keys, fnames)
+    if key is not None:
+        model.key_column(data)
     view = view_of(data, feature_names, model.meta.get("reduce_dims"), model.meta.get("feature_dims"))
     view.positions(names)
-    if key is not None and (view.kind not in ("pandas", "dask.dataframe") or key not in view.names):
-        raise ColumnError(f"stats.key: the key column {key!r} is not in the data; the key-scope model needs it")
     try:
         if isinstance(data, (pd.DataFrame, np.ndarray)):
             return _partition_pass(data, *args)
@@ -511,14 +511,10 @@ def drift_report(
 
 def _plain(key: Any) -> Any:
     """A key as a JSON-friendly Python value."""
-    if isinstance(key, np.generic):
-        key = key.item()
-    if key is None or (not isinstance(key, (str, bytes)) and bool(np.ndim(key) == 0 and _missing(key))):
-        return None  # NaN, pandas' NA and NaT: JSON null, not the text "<NA>"
-    return key
-
-
-def _missing(value: Any) -> bool:
     import pandas as pd
 
-    return bool(pd.isna(value))
+    if isinstance(key, np.generic):
+        key = key.item()
+    if not isinstance(key, (str, bytes)) and np.ndim(key) == 0 and pd.isna(key):
+        return None  # None, NaN, pandas' NA and NaT: JSON null, not the text "<NA>"
+    return key

@@ -512,7 +512,7 @@ class Model:
             "feature_dims": self.meta.get("feature_dims"),
             "scalers": [s.to_dict() for s in self.scalers],
             "features": [{"name": _storable_name(f.name), "dtype": f.dtype, "rule": f.rule} for f in self.features],
-            "passthrough": [n if isinstance(n, (str, int)) else str(n) for n in map(_plain_name, self.passthrough)],
+            "passthrough": [_storable_name(n, strict=False) for n in self.passthrough],  # informational
             "statistics": _moments_document(self.moments),
             "parameters": {k: artifact.encode_floats(getattr(self.params, k)) for k in _AFFINE_FIELDS},
             "scope": asdict(self.scope),
@@ -648,17 +648,17 @@ def _remove_if_unreferenced(folder: Path, name: str) -> None:
     (folder / name).unlink(missing_ok=True)
 
 
-def _plain_name(name: Any) -> Any:
-    """``name``, a numpy integer as a Python one."""
-    return int(name) if isinstance(name, np.integer) else name
+def _storable_name(name: Any, *, strict: bool = True) -> str | int:
+    """A name as the artifact stores it (a string or an integer).
 
-
-def _storable_name(name: Any) -> str | int:
-    """A feature name as the artifact stores it (a string or an integer), or an :class:`ArtifactError`."""
+    Another name is an :class:`ArtifactError`, or with ``strict=False`` its text.
+    """
     if isinstance(name, (int, np.integer)) and not isinstance(name, (bool, np.bool_)):
         return int(name)
     if isinstance(name, str):
         return name
+    if not strict:
+        return str(name)
     raise ArtifactError(
         f"feature name {name!r} ({type(name).__name__}) cannot be saved: the artifact stores names as strings "
         "or integers; rename the column"

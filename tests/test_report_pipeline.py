@@ -109,6 +109,6 @@ def test_report_and_drift_never_write_over_the_statistics_the_input_or_other_fil
         assert result.returncode == 1 and result.stderr.startswith(f"error: --json {str(target)!r}"), result.stderr
         assert target.read_bytes() == before
     globbed = cli("drift", "--stats", str(stats), "--input", str(train / "*.parquet"), "--json", str(train / "d.json"), cwd=root)
-    assert globbed.returncode == 1 and "is inside the input" in globbed.stderr and not (train / "d.json").exists()
+    assert globbed.returncode == 1 and "inside the input" in globbed.stderr and not (train / "d.json").exists()
     ignored = cli("drift", "--stats", str(stats), "--input", str(train), "--set", "stats.scope=key", cwd=root)
     assert ignored.returncode == 1 and "--set changes a CONFIG" in ignored.stderr  # was silently ignored
