@@ -311,3 +311,16 @@ def test_drift_checks_the_key_column_before_the_cluster_starts(tmp_path):
     df[["sales"]].to_parquet(tmp_path / "new" / "part.parquet")
     with pytest.raises(ColumnError, match="key column 'store'"):  # not a failure to reach the scheduler
         drift_job(str(tmp_path / "stats.json"), str(tmp_path / "new"), "parquet", ClusterConfig(), scheduler="tcp://127.0.0.1:9")
+
+
+def test_fit_update_refuses_another_batch_size(tmp_path):
+    """The artifact's batches decide how new data is batched; a config with
+    another stats.batch_rows was ignored."""
+    (tmp_path / "b").mkdir()
+    data = customers(60, seed=4)
+    data.to_csv(tmp_path / "b" / "x.csv", index=False)
+    cfg = job("csv_example.yaml", tmp_path, "stats.scope=partition", "stats.batch_rows=7", inp="b", out=None)
+    numeric = data[["age", "income", "px_1", "px_2", "amount"]]
+    sp.fit(numeric, cfg.scaler_objects(), scope="partition", batch_rows=5).save(tmp_path / "stats.json")
+    with pytest.raises(ConfigError, match=r"stats\.batch_rows: 7, but the statistics at stats.path were fitted with batch_rows 5"):
+        run_job(cfg, "fit", update=True, scheduler="tcp://127.0.0.1:9")
