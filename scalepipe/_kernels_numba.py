@@ -247,19 +247,15 @@ def _gather(code: int, address: int, stride: int, rows: int, dest: np.ndarray) -
 
 
 @numba.njit(inline="always")
-def _fill_tile(addresses, strides, codes, start, rows, same, tile) -> None:
-    """``tile[:rows]`` = rows ``start:start + rows`` of the columns, row by row (contiguous writes).
+def _fill_tile(addresses, strides, codes, start, rows, tile) -> None:
+    """``tile[:rows]`` = rows ``start:start + rows`` of the columns, one column after another.
 
-    ``same``: every column is float64 (no dtype branch per value).
+    Each column is read as one contiguous run (what the hardware prefetches
+    best; reading the columns row by row, 16 streams at once, took 1.5-2x as
+    long); the tile stays in the cache.
     """
-    f = addresses.shape[0]
-    for i in range(rows):
-        if same:
-            for j in range(f):
-                tile[i, j] = _load_f64(addresses[j] + (start + i) * strides[j])
-        else:
-            for j in range(f):
-                tile[i, j] = _load(codes[j], addresses[j] + (start + i) * strides[j])
+    for j in range(addresses.shape[0]):
+        _gather(codes[j], addresses[j] + start * strides[j], strides[j], rows, tile[:, j])
 
 
 @numba.njit(inline="always")
@@ -319,7 +315,7 @@ def column_moments(addresses: np.ndarray, strides: np.ndarray, codes: np.ndarray
 
     Column ``j``'s value ``i`` is at ``addresses[j] + i * strides[j]`` (bytes),
     of the dtype ``stats.KERNEL_DTYPES[codes[j]]``; the caller keeps the memory
-    alive and aligned. Each sub-block is copied row by row into a float64
+    alive and aligned. Each sub-block is copied, column by column, into a float64
     row-major tile (in the cache) and swept four columns at a time
     (:func:`_sweep_groups`), so the columns need not share a dtype or a
     buffer (pandas' and Arrow's columns are read in place) and the results
@@ -329,12 +325,9 @@ def column_moments(addresses: np.ndarray, strides: np.ndarray, codes: np.ndarray
     f = addresses.shape[0]
     state = _new_state(f)
     tile = np.empty((min(ROWS, n), f))
-    same = True
-    for j in range(f):
-        same &= codes[j] == 0
     for start in range(0, n, ROWS):
         rows = min(ROWS, n - start)
-        _fill_tile(addresses, strides, codes, start, rows, same, tile)
+        _fill_tile(addresses, strides, codes, start, rows, tile)
         _sub_block(tile, rows, state, _sweep_groups)
     return _result(state)
 
