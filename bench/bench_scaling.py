@@ -805,7 +805,7 @@ def _pa_copy_durable(ctx: Ctx) -> dict[str, Any]:
     return _pyarrow_copy(ctx, durable=True)
 
 
-def _sp_transform_parquet(ctx: Ctx, kind: str, codec: str = "snappy") -> dict[str, Any]:
+def _sp_transform_parquet(ctx: Ctx, kind: str, codec: str = "snappy", durable: bool = True) -> dict[str, Any]:
     import scalepipe as sp
     from scalepipe import io
 
@@ -815,7 +815,7 @@ def _sp_transform_parquet(ctx: Ctx, kind: str, codec: str = "snappy") -> dict[st
     def run() -> None:
         state["out"] = ctx.scratch()
         frame = io.read_table(ctx.parquet, "parquet").frame
-        io.write_table(model.transform(frame), state["out"], "parquet", compression=codec)
+        io.write_table(model.transform(frame), state["out"], "parquet", compression=codec, durable=durable)
 
     with scheduler(kind):
         model = sp.fit(io.read_table(ctx.parquet, "parquet").frame, scalers=rules)
@@ -827,6 +827,15 @@ for _kind in ("threads", "lc_procs", "lc_threads"):
     case(f"sp_transform_parquet_{_kind}", "transform Parquet->Parquet", f"scalepipe write_table(model.transform(frame)), {SCHEDULER_LABEL[_kind]}", floor="pyarrow_copy", floor2="pyarrow_copy_durable")(
         lambda ctx, _k=_kind: _sp_transform_parquet(ctx, _k)
     )
+
+
+@case(
+    "sp_transform_parquet_nondurable_threads", "transform Parquet->Parquet",
+    "scalepipe write_table(..., durable=False) (output.durable: false), threaded scheduler",
+    floor="pyarrow_copy", floor2="pyarrow_copy_durable",
+)
+def _sp_transform_parquet_nondurable(ctx: Ctx) -> dict[str, Any]:
+    return _sp_transform_parquet(ctx, "threads", durable=False)
 
 
 UNCOMPRESSED = "transform Parquet->Parquet, output.compression: none"
@@ -1142,7 +1151,7 @@ ORDER = [
     "dask_dataframe_parquet", "dask_ml_3_parquet", "polars_parquet",
     "np_copyto", "np_copy", "sp_transform_mem", "sp_transform_mem_out", "numpy_outofplace_mem", "sklearn_transform_mem", "dask_ml_transform_mem",
     "pyarrow_copy", "pyarrow_copy_durable", "sp_transform_parquet_threads", "sp_transform_parquet_lc_procs",
-    "sp_transform_parquet_lc_threads", "polars_zscore_sink", "dask_dataframe_transform",
+    "sp_transform_parquet_lc_threads", "sp_transform_parquet_nondurable_threads", "polars_zscore_sink", "dask_dataframe_transform",
     "pyarrow_copy_none", "pyarrow_copy_durable_none", "sp_transform_parquet_none_threads",
     "sp_cli_run", "sp_cli_run_noreport",
 ]

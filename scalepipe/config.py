@@ -298,6 +298,9 @@ class OutputConfig(BaseModel):
     compression_level
         Parquet with ``zstd``, ``gzip`` or ``brotli`` only: the codec's level
         (pyarrow's default for the codec when ``None``).
+    durable
+        Flush the output to disk before it is moved into place (see
+        :func:`scalepipe.io.write_table`).
     """
 
     model_config = _SECTION
@@ -307,6 +310,7 @@ class OutputConfig(BaseModel):
     overwrite: bool = False
     compression: ParquetCodec = "snappy"
     compression_level: int | None = None
+    durable: bool = True
 
     @field_validator("compression", mode="before")
     @classmethod

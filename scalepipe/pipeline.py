@@ -218,7 +218,8 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
         lines = [f"input: {len(source.files)} file(s), {len(view.names)} column(s)"]
     if cfg.output is not None:
         codec = f" ({describe(cfg.output.compression, cfg.output.compression_level)})" if cfg.output.format == "parquet" else ""
-        lines.append(f"output: {cfg.output.format}{codec} -> {cfg.output.path}")
+        flush = "" if cfg.output.durable else ", not flushed to disk (durable: false)"
+        lines.append(f"output: {cfg.output.format}{codec} -> {cfg.output.path}{flush}")
     for i, scaler in enumerate(scalers):
         mine = [str(f.name) for f in features if f.rule == i]
         lines.append(f"scalers[{i}] {scaler.method}: {', '.join(mine)}")
@@ -451,10 +452,11 @@ def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...] = ()) -> An
             cfg.output.path,
             cfg.output.format,  # type: ignore[arg-type]
             overwrite=cfg.output.overwrite,
+            durable=cfg.output.durable,
             alongside=alongside,
             **cfg.output.parquet_options(),
         )
-    io.write_array(data, cfg.output.path, overwrite=cfg.output.overwrite)
+    io.write_array(data, cfg.output.path, overwrite=cfg.output.overwrite, durable=cfg.output.durable)
     return None
 
 

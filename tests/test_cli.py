@@ -249,12 +249,18 @@ def test_validate_prints_rule_columns_without_computing(quickstart):
     home, _ = quickstart
     success = home / "quickstart-data" / "out" / "train_scaled" / "_SUCCESS"
     before = success.stat().st_mtime_ns
-    overrides = ["stats.path=fresh/stats.json", "output.overwrite=false", "output.compression=zstd", "output.compression_level=3"]
+    overrides = [
+        "stats.path=fresh/stats.json",
+        "output.overwrite=false",
+        "output.compression=zstd",
+        "output.compression_level=3",
+        "output.durable=false",
+    ]
     result = scalepipe("validate", "configs/quickstart.yaml", *[arg for o in overrides for arg in ("--set", o)], cwd=home)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "input: 8 file(s), 7 column(s)",
-        "output: parquet (zstd level 3) -> quickstart-data/out/train_scaled",
+        "output: parquet (zstd level 3) -> quickstart-data/out/train_scaled, not flushed to disk (durable: false)",
         "scalers[0] zscore: temperature, pressure",
         "scalers[1] minmax: income, reading",
         "scalers[2] decimal: visits",
@@ -290,7 +296,7 @@ def test_fit_then_transform_equals_the_python_api(project):
     assert model.feature_names == ["offset", "lognormal", "f32", "const", "count"]
     np.testing.assert_allclose(model.transform(first)["offset"], zscore(first["offset"].to_numpy()), rtol=0, atol=1e-12)
 
-    overrides = ["stats.path=ft/model.json", "input.path=b", "output.path=ft/out", "output.compression=zstd"]
+    overrides = ["stats.path=ft/model.json", "input.path=b", "output.path=ft/out", "output.compression=zstd", "output.durable=false"]
     result = scalepipe("transform", "job.yaml", *[arg for o in overrides for arg in ("--set", o)], cwd=home)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1].startswith("done in ") and "6000 rows" in result.stdout

@@ -510,6 +510,13 @@ BAD = [
         "must be an integer from 1 to 9 for gzip, got 10",
     ),
     (
+        "durable-not-a-flag",
+        MINIMAL + "output:\n  format: parquet\n  path: out/\n  durable: 'no'\n",
+        "output.durable",
+        "durable",
+        "expected true or false, got 'no'",
+    ),
+    (
         "jobqueue-with-local",
         MINIMAL + "cluster:\n  jobqueue: {queue: normal}\n",
         "cluster.jobqueue",

@@ -375,12 +375,13 @@ def test_check_paths_allows_siblings_and_respects_output_root(tmp_path, monkeypa
 # --------------------------------------------------------------------------
 
 
-def test_write_table_round_trip_with_manifest(tmp_path, client):
+@pytest.mark.parametrize("durable", [True, False])
+def test_write_table_round_trip_with_manifest(tmp_path, client, durable):
     expected = pd.concat([make_frame(i * 50, 50) for i in range(4)], ignore_index=True)
     frame = dd.from_pandas(expected, npartitions=4, sort=False)
     dest = tmp_path / "out"
 
-    manifest = write_table(frame, str(dest), "parquet")
+    manifest = write_table(frame, str(dest), "parquet", durable=durable)
 
     assert manifest.rows == 200 and len(manifest.files) == 4
     assert [f.name for f in manifest.files] == [f"part.{i:05d}.parquet" for i in range(4)]
@@ -555,8 +556,8 @@ def test_scalepipe_error_in_a_task_propagates_unchanged(tmp_path, client):
 
 def test_retried_partition_replaces_its_file(tmp_path):
     df = make_frame(0, 5)
-    a = _write_partition(df, str(tmp_path), 3, "parquet", False, None, {"compression": "snappy"})
-    b = _write_partition(df, str(tmp_path), 3, "parquet", False, None, {"compression": "snappy"})
+    a = _write_partition(df, str(tmp_path), 3, "parquet", False, None, {"compression": "snappy"}, True)
+    b = _write_partition(df, str(tmp_path), 3, "parquet", False, None, {"compression": "snappy"}, False)
     assert a == b and os.listdir(tmp_path) == ["part.00003.parquet"]
 
 
@@ -764,7 +765,8 @@ def test_write_array_round_trip_keeps_chunks(tmp_path, client):
     rechunked = back.chunk({"time": 5})
     with pytest.raises(OutputError, match="already exists"):
         write_array(rechunked, str(dest))
-    write_array(rechunked, str(tmp_path / "re.zarr"))
+    write_array(rechunked, str(tmp_path / "re.zarr"), durable=False)
+    assert verify_output(str(tmp_path / "re.zarr")).variables["t"] == (20, 3)
     assert back["t"].encoding["chunks"] == (8, 3)  # the caller's dataset is untouched
     again = read_array(str(tmp_path / "re.zarr"), "zarr")
     assert again["t"].data.chunks == ((5, 5, 5, 5), (3,))
