@@ -298,8 +298,9 @@ def read_table(
     Notes
     -----
     Parquet: integer (and boolean) columns that may hold nulls, according to
-    the row-group statistics, are read as float64 (object for booleans) in
-    every partition, so all partitions share one dtype. CSV: integer-looking
+    the row-group statistics, are read as float64 (pandas' nullable
+    ``boolean`` for booleans) in every partition, so all partitions share
+    one dtype. CSV: integer-looking
     columns are read as float64 for the same reason (a missing value further
     down a file would otherwise change a block's dtype); other columns are
     text. Blocks split at newlines, so a quoted field holding a newline must
@@ -378,7 +379,7 @@ def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> 
         if name in nullable and dtype.kind in "iu":
             meta[name] = meta[name].astype("float64")
         elif name in nullable and dtype.kind == "b":
-            meta[name] = meta[name].astype(object)
+            meta[name] = meta[name].astype("boolean")
     return meta
 
 

@@ -525,13 +525,16 @@ class Model:
         """Write the artifact (JSON; never a pickle), atomically.
 
         Per-key and per-batch tables larger than :data:`INLINE_TABLE_VALUES`
-        values go to an ``.npz`` beside the JSON (plain arrays, loaded with
-        ``allow_pickle=False``), named by its content hash, which the JSON
-        records and :func:`load` verifies.
+        values, and key tables whose keys JSON has no number for (an
+        infinite float key), go to an ``.npz`` beside the JSON (plain
+        arrays, loaded with ``allow_pickle=False``), named by its content
+        hash, which the JSON records and :func:`load` verifies.
         """
         doc = self.to_document()
         arrays: dict[str, np.ndarray] = {}
-        if self.groups is not None and self.groups.moments.count.size > INLINE_TABLE_VALUES:
+        if self.groups is not None and (
+            self.groups.moments.count.size > INLINE_TABLE_VALUES or not _json_keys(self.groups.keys)
+        ):
             arrays.update(_table_arrays("groups", self.groups.moments))
             arrays["groups.keys"] = _key_array(self.groups.keys)
             doc["groups"] = {"in": "tables"}
@@ -687,6 +690,12 @@ def _table_moments(prefix: str, tables: dict[str, np.ndarray]) -> Moments:
     return Moments.from_dict({k: tables[f"{prefix}.{k}"] for k in Moments.empty(0).to_dict()})
 
 
+def _json_keys(keys: Any) -> bool:
+    """Whether the keys can be written as JSON numbers or strings (an infinite float cannot)."""
+    values = keys.to_numpy()
+    return values.dtype.kind != "f" or bool(np.isfinite(values).all())
+
+
 def _key_array(keys: Any) -> np.ndarray:
     """Keys as a plain (non-object) array of the type they are looked up by: integers, floats, booleans or strings.
 
@@ -702,6 +711,8 @@ def _key_array(keys: Any) -> np.ndarray:
         return values
     if all(isinstance(v, str) for v in values):
         return np.array(values, dtype=str)
+    if all(isinstance(v, (bool, np.bool_)) for v in values):  # a nullable boolean column's keys
+        return values.astype(bool)
     odd = next((v for v in values if not isinstance(v, str)), None)
     raise ArtifactError(
         f"key value {odd!r} ({type(odd).__name__}) cannot be saved: the artifact stores keys as integers, floats, "

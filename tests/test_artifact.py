@@ -170,6 +170,42 @@ def test_float_keys_come_back_as_floats(tmp_path, n_keys):
         sp.fit(dates, scope="key", key="k").save(tmp_path / "d.json")
 
 
+def test_an_infinite_float_key_is_saved_in_the_side_tables(tmp_path):
+    """JSON has no infinity: a small key table holding one failed at save
+    with a raw JSON error; it goes to the side tables (binary) instead."""
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"k": np.repeat([0.5, np.inf, -np.inf], 4), "v": rng.standard_normal(12)})
+    model = sp.fit(df, scope="key", key="k")
+    model.save(tmp_path / "m.json")
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    loaded = sp.load(tmp_path / "m.json")
+    pd.testing.assert_index_equal(loaded.groups.keys, model.groups.keys)
+    pd.testing.assert_frame_equal(loaded.transform(df), model.transform(df))
+    assert loaded.unseen_rows(df) == 0
+    model = sp.fit(df.assign(k=df["k"].clip(-1, 1)), scope="key", key="k")  # finite keys stay inline
+    model.save(tmp_path / "f.json")
+    assert len(list(tmp_path.glob("*.npz"))) == 1 and sp.load(tmp_path / "f.json").groups.keys.tolist() == [-1.0, 0.5, 1.0]
+
+
+def test_nullable_boolean_keys_are_saved_as_booleans(tmp_path):
+    """A nullable boolean key column read from Parquet has its keys as
+    objects; they were refused at save by a message saying booleans are stored."""
+    import pandas as pd
+
+    from scalepipe import io
+
+    df = pd.DataFrame({"k": pd.array([True, False, None, True, False, True], dtype="boolean"), "v": np.arange(6.0)})
+    df.to_parquet(tmp_path / "in.parquet")
+    model = sp.fit(io.read_table(str(tmp_path / "in.parquet"), "parquet").frame, scope="key", key="k")
+    model.save(tmp_path / "m.json")
+    loaded = sp.load(tmp_path / "m.json")
+    assert loaded.groups.keys.dtype == bool and loaded.groups.keys.tolist() == [False, True]
+    pd.testing.assert_frame_equal(loaded.transform(df), model.transform(df))
+    np.testing.assert_allclose(loaded.transform(df)["v"][[1, 4]], [-1.0, 1.0], rtol=0, atol=1e-15)  # key False: 1, 4
+
+
 def test_saving_over_an_artifact_removes_its_side_tables_unless_another_names_them(tmp_path):
     """Re-saving with other tables left the old ``.npz`` behind; it goes,
     unless another artifact in the folder still names it (names are content

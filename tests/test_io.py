@@ -157,6 +157,21 @@ def test_read_parquet_selects_columns(tmp_path, sync):
         read_table(str(tmp_path / "in"), "parquet", columns=["id", "nope"])
 
 
+def test_a_boolean_column_with_nulls_stays_boolean_through_read_and_write(tmp_path, sync):
+    """It was read as text (an object column, which Dask turns into strings),
+    and written back as the strings 'True' and 'False'."""
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"b": pa.array([True, False, True]), "x": [1.0, 2.0, 3.0]}), tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.table({"b": pa.array([None, True, False]), "x": [4.0, 5.0, 6.0]}), tmp_path / "in" / "b.parquet")
+    src = read_table(str(tmp_path / "in"), "parquet")
+    assert src.schema == {"b": "boolean", "x": "float64"}
+    assert src.frame.compute()["b"].tolist() == [True, False, True, pd.NA, True, False]
+    write_table(src.frame, str(tmp_path / "out"), "parquet")
+    back = pq.read_table(tmp_path / "out")
+    assert back.schema.field("b").type == pa.bool_()
+    assert back.column("b").to_pylist() == [True, False, True, None, True, False]
+
+
 def test_read_parquet_int_column_with_nulls_in_one_file_is_float64(tmp_path, sync):
     (tmp_path / "in").mkdir()
     table_a = pa.table({"k": pa.array([1, 2, 3], pa.int64())})
