@@ -494,6 +494,10 @@ class RuleSet:
     rule_of: np.ndarray
     names: tuple[object, ...]
 
+    def min_counts(self) -> np.ndarray:
+        """Each feature's rule's :meth:`Scaler.min_count` (the fewest values it can estimate from)."""
+        return np.array([self.scalers[r].min_count() for r in self.rule_of], dtype=np.int64)
+
     def params(self, m: Moments, positions: np.ndarray | None = None, *, allow_empty: bool = False) -> Affine:
         """Parameters for statistics ``m`` of the features at ``positions`` (default: all, in order).
 

@@ -379,6 +379,10 @@ class Model:
         if self.groups is None:
             return AffineMap(self.params, names, inverse)
         per_key = self.rules.params(self.groups.moments, allow_empty=True)
+        count = self.groups.moments.count
+        few = (count > 0) & (count < self.rules.min_counts())
+        if few.any():  # too few values for the rule (zscore's ddof): that key's column uses the global map
+            per_key = Affine(*(np.where(few, getattr(self.params, k), getattr(per_key, k)) for k in _AFFINE_FIELDS))
         return KeyMap(self.scope.key, self.groups.keys, per_key, self.params, names, inverse)
 
     def unseen_rows(self, data: Any) -> Any:

@@ -340,3 +340,17 @@ def test_partition_numbers_continue_after_an_empty_partition_and_no_rows_is_an_e
         assert model.batches.labels == ["partition 0 batch 0", "partition 1 batch 0"]  # after the highest, not the count
         with pytest.raises(DataError, match="the data has no rows to fit"):
             sp.fit(frame([df.iloc[:0]]), scope="partition")
+
+
+def test_a_key_with_too_few_values_for_ddof_uses_the_global_statistics():
+    """Its standard deviation is undefined (count <= ddof): its rows came out
+    NaN, silently; they are scaled with the global statistics, as an unseen
+    key's, in that column only."""
+    df = pd.DataFrame({"k": [1, 1, 2, 2, 2, 2], "v": [1.0, 2, 3, 4, 5, 7], "w": [1.0, 2, 3, np.nan, np.nan, np.nan]})
+    model = sp.fit(df, sp.ZScore(ddof=2), scope="key", key="k")
+    got = model.transform(df)
+    v, w = df["v"].to_numpy(), df["w"].to_numpy()
+    np.testing.assert_allclose(got["v"][:2], (v[:2] - v.mean()) / v.std(ddof=2), rtol=1e-15)  # key 1: global
+    np.testing.assert_allclose(got["v"][2:], (v[2:] - v[2:].mean()) / v[2:].std(ddof=2), rtol=1e-15)  # key 2: its own
+    # w: key 1 has 2 values, key 2 one: both use the global statistics; NaN stays NaN
+    np.testing.assert_allclose(got["w"], (w - np.nanmean(w)) / np.nanstd(w, ddof=2), rtol=1e-15)
