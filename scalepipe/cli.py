@@ -132,8 +132,13 @@ def _interrupt(signum: int, frame: Any) -> None:
     """SIGTERM (a scheduler or container stopping the job) cleans up as Ctrl-C does.
 
     It re-raises as SIGINT, so the cluster's SIGINT handler (which makes sure
-    the interrupt is not swallowed inside distributed's callbacks) applies.
+    the interrupt is not swallowed inside distributed's callbacks) applies;
+    where SIGINT is ignored (a job started in the background by a shell,
+    ``nohup``, some batch launchers) it interrupts directly, since a SIGINT
+    would be ignored too.
     """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 

@@ -404,11 +404,16 @@ def test_sigkill_mid_write_keeps_the_previous_output(many_partitions):
     assert stats.read_bytes() == old_stats
 
 
-def test_sigterm_mid_write_cleans_up_and_stops_the_workers(many_partitions):
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])  # ignored: a job started in the background (`cmd &`, nohup)
+def test_sigterm_mid_write_cleans_up_and_stops_the_workers(many_partitions, sigint):
     home, env = many_partitions
-    dest, stats = home / "stopped" / "out", home / "stopped" / "stats.json"
+    dest, stats = home / f"stopped-{sigint}" / "out", home / f"stopped-{sigint}" / "stats.json"
     args = ["--set", "input.path=many", "--set", f"output.path={dest}", "--set", f"stats.path={stats}", "--set", "cluster.processes=true"]
-    job = subprocess.Popen(command("run", "job.yaml", "--quiet", *args), cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint == "ignored" else None
+    job = subprocess.Popen(
+        command("run", "job.yaml", "--quiet", *args), cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ignore,
+    )
     try:
         wait_for(lambda: staged_parts(dest.parent, "out"), job, "the first staged file")
         workers = psutil.Process(job.pid).children(recursive=True)
