@@ -488,6 +488,17 @@ def test_write_table_refuses_a_bad_codec_before_writing(tmp_path, sync, fmt, cod
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("durable", ["false", 0, None])
+def test_durable_must_be_a_flag(tmp_path, sync, durable):
+    """``durable="false"`` flushed (a non-empty string is true): refused, as the config refuses it."""
+    frame = dd.from_pandas(make_frame(0, 10), npartitions=1)
+    with pytest.raises(OutputError, match=re.escape(f"durable must be True or False, got {durable!r}")):
+        write_table(frame, str(tmp_path / "out"), "parquet", durable=durable)
+    with pytest.raises(OutputError, match="durable must be True or False"):
+        write_array(make_dataset(), str(tmp_path / "out.zarr"), durable=durable)
+    assert leftovers(tmp_path) == []
+
+
 def test_compression_levels_are_pyarrows_and_change_the_output(tmp_path, sync):
     """Each level bound is one pyarrow accepts (gzip's and brotli's are
     pyarrow's own), and writes a readable file; a higher level writes a
