@@ -42,6 +42,7 @@ import numpy as np
 
 from .errors import DataError, ParameterError
 from .histograms import DEFAULT_BINS, Counts, count_bins, feature_columns, histogram_edges, psi
+from .maps import unseen_mask
 from .stats import Moments, NonFiniteError, chunk_moments, merge_all, tree_reduce
 
 __all__ = ["DriftResult", "DriftThresholds", "FeatureDrift", "UnseenKeys", "drift_report"]
@@ -174,7 +175,8 @@ class UnseenKeys:
     Attributes
     ----------
     rows
-        Unseen rows (a missing key counts as unseen).
+        Rows whose key was not fitted (a missing key is not counted: such
+        rows are scaled with the global statistics, at fit too).
     share
         ``rows`` over all rows.
     keys
@@ -320,7 +322,7 @@ def _partition_pass(
     unseen_rows, unseen_keys = 0, {}
     if key is not None:
         column = part[key]
-        unseen = ~column.isin(keys)
+        unseen = unseen_mask(keys, column)
         unseen_rows = int(unseen.sum())
         if unseen_rows:
             counts = column[unseen].value_counts(dropna=False)
@@ -365,7 +367,7 @@ def _compute_pass(model: Any, data: Any, edges: np.ndarray, feature_names: Seque
     names = list(model.feature_names)
     m = model.moments
     key = model.scope.key if model.groups is not None else None
-    keys = list(model.groups.keys) if key is not None else None
+    keys = model.groups.keys if key is not None else None
     fnames = list(feature_names) if feature_names is not None else None
     args = (names, edges, m.min, m.max, key, keys, fnames)
     if key is not None:

@@ -133,6 +133,16 @@ class BatchMap:
         return out
 
 
+def unseen_mask(keys: Any, column: Any) -> np.ndarray:
+    """Rows of ``column`` (a pandas Series) whose key is not among the fitted ``keys`` (a pandas Index).
+
+    The lookup :class:`KeyMap` scales by, so a key of another type (``1``
+    for a fitted ``True``) is unseen. A missing key is not: such rows were
+    in the fit too (in the global statistics, in no key's).
+    """
+    return (keys.get_indexer(column.to_numpy()) < 0) & column.notna().to_numpy()
+
+
 @dataclass(frozen=True, eq=False)
 class KeyMap:
     """Scale each row with its key's parameters; unseen keys use the global ones.

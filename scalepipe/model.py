@@ -26,7 +26,7 @@ import numpy as np
 from . import artifact
 from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
-from .maps import AffineMap, BatchMap, KeyMap
+from .maps import AffineMap, BatchMap, KeyMap, unseen_mask
 from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, affine_dtype, scaler_from_dict
 from .exact import ExactSums, from_lists, to_lists
 from .stats import ExactMoments, Moments, NonFiniteError, merge, merge_all
@@ -388,12 +388,17 @@ class Model:
     def unseen_rows(self, data: Any) -> Any:
         """Rows whose key was not seen at fit (they are scaled with the global statistics).
 
-        An int for in-memory data, a lazy dask scalar for a dask DataFrame.
+        An int for in-memory data, a lazy dask scalar for a dask DataFrame. A
+        key of another type than the fitted keys (``1`` for ``True``) is
+        unseen; a missing key is not counted (such rows were fitted too, in
+        the global statistics only).
         """
         if self.groups is None:
             raise ParameterError("scope", "unseen_rows needs a model fitted with scope='key'")
         column = self.key_column(data)
-        return (~column.isin(list(self.groups.keys))).sum()
+        if hasattr(column, "map_partitions"):
+            return column.map_partitions(_unseen, self.groups.keys, meta=(column.name, bool)).sum()
+        return int(unseen_mask(self.groups.keys, column).sum())
 
     def partial_fit(
         self, data: Any, *, feature_names: Sequence[Any] | None = None, partition_labels: Sequence[str] | None = None
@@ -692,6 +697,12 @@ def _table_arrays(prefix: str, m: Moments) -> dict[str, np.ndarray]:
 
 def _table_moments(prefix: str, tables: dict[str, np.ndarray]) -> Moments:
     return Moments.from_dict({k: tables[f"{prefix}.{k}"] for k in Moments.empty(0).to_dict()})
+
+
+def _unseen(column: Any, keys: Any) -> Any:
+    import pandas as pd
+
+    return pd.Series(unseen_mask(keys, column), index=column.index)
 
 
 def _json_keys(keys: Any) -> bool:
