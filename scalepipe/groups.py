@@ -58,13 +58,15 @@ def key_moments(keys: Any, x: np.ndarray, names: Sequence[object] | None = None)
     Parameters
     ----------
     keys : array_like, shape (n_rows,)
-        Strings or integers.
+        Strings or integers (a pandas column as it is: a nullable integer
+        column through numpy would become float64, merging keys beyond 2**53).
     x : ndarray, shape (n_rows, n_features)
         float64, NaN for missing values.
     names
         Feature names, used to name a column holding ``inf``.
     """
-    codes, uniques = pd.factorize(np.asarray(keys), use_na_sentinel=True)
+    exact = keys if isinstance(keys, (pd.Series, pd.Index)) else np.asarray(keys)
+    codes, uniques = pd.factorize(exact, use_na_sentinel=True)
     k, f = len(uniques), x.shape[1]
     fields = {name: np.empty((k, f)) for name in ("min", "max", "mean", "mean_lo", "m2")}
     count = np.zeros((k, f), dtype=np.int64)

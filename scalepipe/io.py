@@ -297,10 +297,10 @@ def read_table(
 
     Notes
     -----
-    Parquet: integer (and boolean) columns that may hold nulls, according to
-    the row-group statistics, are read as float64 (pandas' nullable
-    ``boolean`` for booleans) in every partition, so all partitions share
-    one dtype. CSV: integer-looking
+    Parquet: integer and boolean columns that may hold nulls, according to
+    the row-group statistics, are read as pandas' nullable integer (exact,
+    where float64 is not beyond 2**53) and ``boolean`` dtypes in every
+    partition, so all partitions share one dtype. CSV: integer-looking
     columns are read as float64 for the same reason (a missing value further
     down a file would otherwise change a block's dtype); other columns are
     text. Blocks split at newlines, so a quoted field holding a newline must
@@ -370,6 +370,19 @@ def _may_hold_nulls(footer: pq.FileMetaData, column: str) -> bool:
     return False
 
 
+#: pandas' nullable integer dtype of each Arrow integer type: exact, where float64 is not beyond 2**53.
+_NULLABLE_INTEGERS = {
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+}
+
+
 def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> pd.DataFrame:
     """Empty frame with the dtypes every partition is converted to."""
     meta = schema.empty_table().to_pandas()
@@ -377,7 +390,7 @@ def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> 
     for name in columns:
         dtype = meta[name].dtype
         if name in nullable and dtype.kind in "iu":
-            meta[name] = meta[name].astype("float64")
+            meta[name] = meta[name].astype(_NULLABLE_INTEGERS[pa.from_numpy_dtype(dtype)])
         elif name in nullable and dtype.kind == "b":
             meta[name] = meta[name].astype("boolean")
     return meta
@@ -413,7 +426,10 @@ def _read_parquet_part(
             table = pf.read_row_groups(list(row_groups), columns=wanted, use_pandas_metadata=True)
         else:
             table = pf.read(columns=wanted, use_pandas_metadata=True)
-        df = table.to_pandas(split_blocks=True)  # Arrow's buffers, not a consolidated copy
+        # Arrow's buffers, not a consolidated copy; integers with nulls as pandas' nullable
+        # integers (to_pandas would make them float64, inexact beyond 2**53)
+        exact = any(isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "iu" for dtype in meta.dtypes)
+        df = table.to_pandas(split_blocks=True, types_mapper=_NULLABLE_INTEGERS.get if exact else None)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"Parquet file {path!r} cannot be read: {exc}") from exc
     return _conform(df, meta, wanted)

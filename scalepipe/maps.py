@@ -140,7 +140,7 @@ def unseen_mask(keys: Any, column: Any) -> np.ndarray:
     for a fitted ``True``) is unseen. A missing key is not: such rows were
     in the fit too (in the global statistics, in no key's).
     """
-    return (keys.get_indexer(column.to_numpy()) < 0) & column.notna().to_numpy()
+    return (keys.get_indexer(column) < 0) & column.notna().to_numpy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,7 +172,7 @@ class KeyMap:
 
     def rows(self, part: Any) -> np.ndarray:
         """Each row's index among the fitted keys (-1 where unseen or missing)."""
-        return self.keys.get_indexer(part[self.key].to_numpy())
+        return self.keys.get_indexer(part[self.key])  # the column itself: a nullable integer through numpy is float
 
     def __call__(self, values: np.ndarray, positions: np.ndarray, part: Any = None) -> np.ndarray:
         if part is None:

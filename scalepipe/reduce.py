@@ -242,7 +242,7 @@ def array_batch_moments(
 
 def _frame_block_keys(df: Any, columns: list[str], key: Any) -> tuple[Moments, KeyTable]:
     values = float_values(df, columns)
-    return chunk_moments(values, columns), key_moments(df[key].to_numpy(), values, columns)
+    return chunk_moments(values, columns), key_moments(df[key], values, columns)
 
 
 def _merge_keyed(parts: list[tuple[Moments, KeyTable]]) -> tuple[Moments, KeyTable]:

@@ -142,7 +142,7 @@ class FrameView(View):
         from .groups import key_moments
 
         values = float_values(self.frame, names)
-        return array_moments(values, list(names)), key_moments(self.frame[key].to_numpy(), values, list(names))
+        return array_moments(values, list(names)), key_moments(self.frame[key], values, list(names))
 
     def transform(self, names: Sequence[Any], fn: ValueMap) -> Any:
         self.positions(names)

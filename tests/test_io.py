@@ -172,17 +172,24 @@ def test_a_boolean_column_with_nulls_stays_boolean_through_read_and_write(tmp_pa
     assert back.column("b").to_pylist() == [True, False, True, None, True, False]
 
 
-def test_read_parquet_int_column_with_nulls_in_one_file_is_float64(tmp_path, sync):
+def test_an_int_column_with_nulls_in_one_file_keeps_its_exact_values(tmp_path, sync):
+    """It was read as float64 (as to_pandas does): 2**53 + 1 became 2**53,
+    in a passthrough ID column and in a key, merging two keys."""
     (tmp_path / "in").mkdir()
-    table_a = pa.table({"k": pa.array([1, 2, 3], pa.int64())})
-    table_b = pa.table({"k": pa.array([4, None, 6], pa.int64())})
+    big = 2**53
+    table_a = pa.table({"k": pa.array([1, big + 1, 3], pa.int64()), "u": pa.array([1, 2, 3], pa.uint8()), "x": [1.0, 2.0, 3.0]})
+    table_b = pa.table({"k": pa.array([4, None, big], pa.int64()), "u": pa.array([None, 2, 3], pa.uint8()), "x": [4.0, 5.0, 6.0]})
     pq.write_table(table_a, tmp_path / "in" / "a.parquet")
     pq.write_table(table_b, tmp_path / "in" / "b.parquet")
     src = read_table(str(tmp_path / "in"), "parquet")
-    assert src.schema == {"k": "float64"}
+    assert src.schema == {"k": "Int64", "u": "UInt8", "x": "float64"}
     got = src.frame.compute()
-    assert got["k"].dtype == np.float64
-    np.testing.assert_array_equal(got["k"].to_numpy(), [1, 2, 3, 4, np.nan, 6])
+    assert got["k"].tolist() == [1, big + 1, 3, 4, pd.NA, big]
+    write_table(src.frame, str(tmp_path / "out"), "parquet")
+    back = pq.read_table(tmp_path / "out")
+    assert back.schema.field("k").type == pa.int64() and back.schema.field("u").type == pa.uint8()
+    assert back.column("k").to_pylist() == [1, big + 1, 3, 4, None, big]
+    assert back.column("u").to_pylist() == [1, 2, 3, None, 2, 3]
 
 
 def test_truncated_parquet_file_is_named_before_any_work(tmp_path):

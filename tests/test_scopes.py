@@ -354,3 +354,29 @@ def test_a_key_with_too_few_values_for_ddof_uses_the_global_statistics():
     np.testing.assert_allclose(got["v"][2:], (v[2:] - v[2:].mean()) / v[2:].std(ddof=2), rtol=1e-15)  # key 2: its own
     # w: key 1 has 2 values, key 2 one: both use the global statistics; NaN stays NaN
     np.testing.assert_allclose(got["w"], (w - np.nanmean(w)) / np.nanstd(w, ddof=2), rtol=1e-15)
+
+
+def test_integer_keys_beyond_2_53_with_nulls_stay_apart(tmp_path):
+    """A nullable integer key went through float64: 2**53 and 2**53 + 1
+    became one key (from Parquet with a null in any file, or a pandas Int64
+    column), and their rows were scaled together."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scalepipe import io
+
+    big = 2**53
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"k": pa.array([big, big + 1, big, big + 1], pa.int64()), "x": [0.0, 100.0, 2.0, 102.0]}), tmp_path / "in" / "a.parquet")
+    pq.write_table(pa.table({"k": pa.array([big, big + 1, None, None], pa.int64()), "x": [4.0, 104.0, 50.0, 50.0]}), tmp_path / "in" / "b.parquet")
+    frame = io.read_table(str(tmp_path / "in"), "parquet").frame
+    in_memory = frame.compute()
+    for data in (frame, in_memory):
+        model = sp.fit(data, [sp.MinMax(["x"])], scope="key", key="k")
+        assert model.groups.keys.tolist() == [big, big + 1]
+        got = model.transform(in_memory)["x"].to_numpy()
+        np.testing.assert_array_equal(got[:6], [0.0, 0.0, 0.5, 0.5, 1.0, 1.0])  # each key its own [min, max]
+        np.testing.assert_allclose(got[6:], (50.0 - 0.0) / 104.0, rtol=1e-15)  # no key: the global map
+        assert model.unseen_rows(in_memory) == 0
+    model.save(tmp_path / "m.json")
+    np.testing.assert_array_equal(sp.load(tmp_path / "m.json").transform(in_memory)["x"].to_numpy(), got)
