@@ -496,7 +496,11 @@ def drift_report(
     if thresholds.unseen_share is not None and model.groups is None:
         notes.append("unseen_share applies to the key scope only: not checked")
     if reference is None:
-        saved = "a global-scope `scalepipe run`" if model.scope.kind == "global" else f"`scalepipe run` in the global scope only, not {model.scope.kind!r}"
+        saved = (
+            "a global-scope `scalepipe run`"
+            if model.scope.kind == "global"
+            else f"`scalepipe run` in the global scope only, not {model.scope.kind!r}"
+        )
         notes.append(f"no histograms of the fitted data (saved beside the statistics by {saved}): PSI not computed")
     unseen = None
     if model.groups is not None:

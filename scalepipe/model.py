@@ -378,12 +378,25 @@ class Model:
         names = tuple(self.feature_names)
         if self.groups is None:
             return AffineMap(self.params, names, inverse)
-        per_key = self.rules.params(self.groups.moments, allow_empty=True)
+        try:
+            per_key = self.rules.params(self.groups.moments, allow_empty=True)
+        except DataError as err:
+            raise self._keyed_error(err) from None
         count = self.groups.moments.count
         few = (count > 0) & (count < self.rules.min_counts())
         if few.any():  # too few values for the rule (zscore's ddof): that key's column uses the global map
             per_key = Affine(*(np.where(few, getattr(self.params, k), getattr(per_key, k)) for k in _AFFINE_FIELDS))
         return KeyMap(self.scope.key, self.groups.keys, per_key, self.params, names, inverse)
+
+    def _keyed_error(self, err: DataError) -> DataError:
+        """``err`` from the per-key parameters, naming the keys whose columns are constant under ``constant_policy: error``."""
+        m = self.groups.moments
+        refused = np.array([self.scalers[r].constant_policy == "error" for r in self.rules.rule_of])
+        rows = np.flatnonzero((m.is_constant() & (m.count > 0) & refused).any(axis=1))
+        if rows.size == 0:
+            return err
+        shown = ", ".join(map(repr, self.groups.keys[rows[:5]].tolist())) + (" ..." if rows.size > 5 else "")
+        return DataError(f"{err}; in the statistics of {rows.size} {self.scope.key!r} value(s): {shown}")
 
     def unseen_rows(self, data: Any) -> Any:
         """Rows whose key was not seen at fit (they are scaled with the global statistics).

@@ -380,3 +380,12 @@ def test_integer_keys_beyond_2_53_with_nulls_stay_apart(tmp_path):
         assert model.unseen_rows(in_memory) == 0
     model.save(tmp_path / "m.json")
     np.testing.assert_array_equal(sp.load(tmp_path / "m.json").transform(in_memory)["x"].to_numpy(), got)
+
+
+def test_a_constant_key_under_constant_policy_error_is_named():
+    """The error said the column is constant, which it is not overall: only
+    the key's values are."""
+    df = pd.DataFrame({"k": ["a", "a", "b", "b", "c"], "x": [1.0, 2.0, 5.0, 5.0, 7.0]})
+    model = sp.fit(df, [sp.MinMax(["x"], constant_policy="error")], scope="key", key="k")
+    with pytest.raises(DataError, match=r"column\(s\) 'x' are constant .*; in the statistics of 2 'k' value\(s\): 'b', 'c'$"):
+        model.transform(df)
