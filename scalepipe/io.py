@@ -396,18 +396,35 @@ def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> 
     return meta
 
 
-def _conform(df: pd.DataFrame, meta: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """``df[columns]`` with the dtypes ``meta`` prescribes.
+def _conform(df: pd.DataFrame, meta: pd.DataFrame, columns: Sequence[str], path: str) -> pd.DataFrame:
+    """``df[columns]`` with the dtypes ``meta`` prescribes (``path``, the file, names it in errors).
 
     Compares names and dtypes in bulk: looking each column up by name costs
-    ~0.1 ms a column (a partition of a wide table paid milliseconds).
+    ~0.1 ms a column (a partition of a wide table paid milliseconds). A
+    value the dtype cannot hold (a null where the schema had none, text) is
+    an :class:`InputError` naming the file and column (casting would turn a
+    null into ``False``, or fail naming neither).
     """
     columns = list(columns)
     if list(df.columns) != columns:
         df = df[columns]
     wanted = dict(zip(meta.columns, meta.dtypes, strict=True))
     casts = {c: wanted[c] for c, dtype in zip(columns, df.dtypes, strict=True) if dtype != wanted[c]}
-    return df.astype(casts) if casts else df
+    if not casts:
+        return df
+    df = df.copy(deep=False)
+    for name, dtype in casts.items():
+        column = df[name]
+        try:
+            if isinstance(dtype, np.dtype) and dtype.kind in "biu" and column.isna().any():
+                raise ValueError("a null")
+            df[name] = column.astype(dtype)
+        except (ValueError, TypeError) as exc:
+            raise InputError(
+                f"file {path!r}: column {name!r} holds values its dtype {dtype} cannot hold ({exc}); the dtypes "
+                "come from the input's schema, read before the job started (did the file change?)"
+            ) from None
+    return df
 
 
 def _read_parquet_part(
@@ -432,7 +449,7 @@ def _read_parquet_part(
         df = table.to_pandas(split_blocks=True, types_mapper=_NULLABLE_INTEGERS.get if exact else None)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"Parquet file {path!r} cannot be read: {exc}") from exc
-    return _conform(df, meta, wanted)
+    return _conform(df, meta, wanted, path)
 
 
 def _row_group_runs(footer: pq.FileMetaData, target: int) -> list[tuple[int, ...]]:
@@ -561,7 +578,7 @@ def _read_csv_part(
         raise InputError(
             f"CSV file {path!r} ({where}) cannot be parsed: {detail or exc}"
         ) from exc
-    return _conform(df, meta, wanted)
+    return _conform(df, meta, wanted, path)
 
 
 def _csv_blocks(path: str, blocksize: int) -> list[tuple[str, int, int]]:

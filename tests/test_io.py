@@ -172,6 +172,26 @@ def test_a_boolean_column_with_nulls_stays_boolean_through_read_and_write(tmp_pa
     assert back.column("b").to_pylist() == [True, False, True, None, True, False]
 
 
+@pytest.mark.parametrize(
+    ("column", "detail"),
+    [
+        (pa.array([True, None, False]), "dtype bool cannot hold (a null)"),  # was written as False, silently
+        (pa.array([1, None, 3], pa.int64()), "dtype int64 cannot hold (a null)"),
+        (pa.array(["a", "b", "c"]), "dtype int64 cannot hold"),
+    ],
+    ids=["bool-null", "int-null", "text"],
+)
+def test_a_file_changed_after_its_schema_was_read_is_named(tmp_path, sync, column, detail):
+    (tmp_path / "in").mkdir()
+    first = pa.table({"c": pa.array([True, False, True]) if pa.types.is_boolean(column.type) else pa.array([1, 2, 3]), "x": [1.0, 2.0, 3.0]})
+    pq.write_table(first, tmp_path / "in" / "a.parquet")
+    pq.write_table(first, tmp_path / "in" / "b.parquet")
+    src = read_table(str(tmp_path / "in"), "parquet")
+    pq.write_table(pa.table({"c": column, "x": [4.0, 5.0, 6.0]}), tmp_path / "in" / "b.parquet")  # replaced mid-job
+    with pytest.raises(InputError, match=re.escape(f"b.parquet': column 'c' holds values its {detail}")):
+        src.frame.compute()
+
+
 def test_an_int_column_with_nulls_in_one_file_keeps_its_exact_values(tmp_path, sync):
     """It was read as float64 (as to_pandas does): 2**53 + 1 became 2**53,
     in a passthrough ID column and in a key, merging two keys."""
