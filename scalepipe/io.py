@@ -510,13 +510,19 @@ def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
     )
 
 
-def _csv_dtype(dtype: Any) -> str:
-    """The dtype a CSV column is parsed as, from the dtype inferred on a sample."""
-    kind = np.dtype(dtype).kind if isinstance(dtype, np.dtype) else "O"
+def _csv_dtype(sample: pd.Series) -> str:
+    """The dtype a CSV column is parsed as, from the values of a sample.
+
+    ``true``/``false`` columns are pandas' nullable ``boolean``, so a blank
+    (in the sample or further down) is a missing value, not a reason to read
+    the column as text.
+    """
+    kind = sample.dtype.kind if isinstance(sample.dtype, np.dtype) else "O"
     if kind in "iuf":
         return "float64"
-    if kind == "b":
-        return "bool"
+    present = sample.dropna()
+    if kind == "b" or (len(present) and all(isinstance(v, (bool, np.bool_)) for v in present)):
+        return "boolean"
     return "str"
 
 
@@ -532,13 +538,17 @@ def _is_compressed(path: str) -> bool:
 
 
 def _csv_bad_column(loose: pd.DataFrame, meta: pd.DataFrame, wanted: list[str]) -> str:
-    """The first float column of a CSV block (read as text, ``loose``) holding a non-number, or ''."""
+    """The first float or boolean column of a CSV block (read as text, ``loose``) holding another value, or ''."""
     for col in wanted:
         if meta[col].dtype.kind == "f":
             parsed = pd.to_numeric(loose[col], errors="coerce")
             bad = loose[col][parsed.isna() & loose[col].notna()]
             if len(bad):
                 return f"column {col!r} holds {bad.iloc[0]!r}, not a number"
+        elif meta[col].dtype.kind == "b":
+            bad = loose[col][loose[col].notna() & ~loose[col].str.lower().isin(["true", "false"])]
+            if len(bad):
+                return f"column {col!r} holds {bad.iloc[0]!r}, not true or false"
     return ""
 
 
@@ -621,7 +631,7 @@ def _read_csv(path: str, columns: Sequence[str] | None) -> TableSource:
     else:
         raise InputError(f"the CSV input {path!r} has a header but no rows in any of its {len(files)} file(s)")
     meta = pd.DataFrame(
-        {c: pd.Series([], dtype=_csv_dtype(sample[c].dtype)) for c in selected}
+        {c: pd.Series([], dtype=_csv_dtype(sample[c])) for c in selected}
     )
     blocksize = parse_bytes(dask.config.get("scalepipe.io.csv-blocksize", "64MiB"))
     parts = [block for file in files for block in _csv_blocks(file, blocksize)]

@@ -303,6 +303,22 @@ def test_a_header_only_csv_file_neither_decides_the_dtypes_nor_hides_an_empty_in
         read_table(str(tmp_path / "in"), "csv")
 
 
+def test_a_csv_boolean_column_with_blanks_stays_boolean(tmp_path, sync):
+    """A blank in the sampled rows made the column text ('True'/'False'
+    strings in the output); one further down failed as "Bool column has NA"."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("b,x\nTrue,1\n,2\nFalse,3\n")
+    (tmp_path / "in" / "b.csv").write_text("b,x\nfalse,4\n,5\n")
+    src = read_table(str(tmp_path / "in"), "csv")
+    assert src.schema == {"b": "boolean", "x": "float64"}
+    assert src.frame.compute()["b"].tolist() == [True, pd.NA, False, False, pd.NA]
+    write_table(src.frame, str(tmp_path / "out"), "parquet")
+    assert pq.read_table(tmp_path / "out").column("b").to_pylist() == [True, None, False, False, None]
+    (tmp_path / "in" / "b.csv").write_text("b,x\nfalse,4\nmaybe,5\n")
+    with pytest.raises(InputError, match="b.csv' .*column 'b' holds 'maybe', not true or false"):
+        read_table(str(tmp_path / "in"), "csv").frame.compute()
+
+
 def test_read_compressed_csv_whole_file(tmp_path, sync):
     (tmp_path / "in").mkdir()
     df = make_frame(0, 40)
