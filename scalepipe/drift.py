@@ -524,4 +524,6 @@ def _plain(key: Any) -> Any:
         key = key.item()
     if not isinstance(key, (str, bytes)) and np.ndim(key) == 0 and pd.isna(key):
         return None  # None, NaN, pandas' NA and NaT: JSON null, not the text "<NA>"
+    if isinstance(key, float) and math.isinf(key):
+        return "Infinity" if key > 0 else "-Infinity"  # JSON has none: the artifact's strings
     return key

@@ -390,7 +390,7 @@ def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> 
     for name in columns:
         dtype = meta[name].dtype
         if name in nullable and dtype.kind in "iu":
-            meta[name] = meta[name].astype(_NULLABLE_INTEGERS[pa.from_numpy_dtype(dtype)])
+            meta[name] = meta[name].astype(_NULLABLE_INTEGERS[schema.field(name).type])
         elif name in nullable and dtype.kind == "b":
             meta[name] = meta[name].astype("boolean")
     return meta

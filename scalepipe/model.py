@@ -733,8 +733,8 @@ def _key_array(keys: Any) -> np.ndarray:
         Keys of another type (dates, mixed types): the artifact could not give them back as they are.
     """
     values = keys.to_numpy()
-    if values.dtype.kind in "iu":
-        return values.astype(np.int64)
+    if values.dtype.kind in "iu":  # unsigned stays unsigned: a key from 2**63 would wrap in int64
+        return values.astype(np.uint64 if values.dtype.kind == "u" else np.int64)
     if values.dtype.kind in "fb":
         return values
     if all(isinstance(v, str) for v in values):

@@ -259,3 +259,19 @@ def test_a_passthrough_name_the_artifact_cannot_store_does_not_block_save(tmp_pa
     df = pd.DataFrame({"a": np.arange(10.0), 2.5: np.arange(10.0)})
     sp.fit(df, [sp.ZScore(["a"])]).save(tmp_path / "m.json")
     assert sp.load(tmp_path / "m.json").passthrough == ["2.5"]
+
+
+@pytest.mark.parametrize("n_keys", [2, 25_000])  # inline, and in the side tables
+def test_unsigned_keys_from_2_63_keep_their_value(tmp_path, n_keys):
+    """They were stored as int64 and wrapped (2**63 + 5 came back negative):
+    after load every such row fell back to the global statistics."""
+    import pandas as pd
+
+    keys = np.uint64(2**63) + np.arange(n_keys, dtype=np.uint64)
+    df = pd.DataFrame({"k": np.repeat(keys, 2), "x": np.arange(2.0 * n_keys) % 7})
+    model = sp.fit(df, scope="key", key="k")
+    model.save(tmp_path / "m.json")
+    loaded = sp.load(tmp_path / "m.json")
+    assert loaded.groups.keys.tolist() == model.groups.keys.tolist()
+    assert loaded.unseen_rows(df) == 0
+    pd.testing.assert_frame_equal(loaded.transform(df), model.transform(df))

@@ -196,3 +196,12 @@ def test_unseen_keys_are_plain_json_and_quoted_in_the_table():
     assert "'a,b\\nc'" in line
     # unseen_share on a model without keys is not silently dropped
     assert "unseen_share applies to the key scope only" in drift_report(sp.fit(train[["sales"]]), new[["sales"]], {"unseen_share": 0.1}).table()
+
+
+def test_an_infinite_unseen_key_is_json():
+    """``drift --json`` failed with a raw "Out of range float values" error."""
+    train = pd.DataFrame({"k": [1.0, 1.0, 2.0, 2.0], "x": [1.0, 2.0, 3.0, 5.0]})
+    model = sp.fit(train, [sp.ZScore(["x"])], scope="key", key="k")
+    new = pd.DataFrame({"k": [1.0, np.inf, -np.inf], "x": [1.0, 2.0, 3.0]})
+    doc = json.loads(json.dumps(drift_report(model, new).to_dict(), allow_nan=False))
+    assert sorted(doc["unseen"]["keys"]) == ["-Infinity", "Infinity"]

@@ -208,6 +208,8 @@ def test_an_int_column_with_nulls_in_one_file_keeps_its_exact_values(tmp_path, s
     write_table(src.frame, str(tmp_path / "out"), "parquet")
     back = pq.read_table(tmp_path / "out")
     assert back.schema.field("k").type == pa.int64() and back.schema.field("u").type == pa.uint8()
+    pd.read_parquet(tmp_path / "out").to_parquet(tmp_path / "by_pandas.parquet")  # pandas metadata: Int64 already
+    assert read_table(str(tmp_path / "by_pandas.parquet"), "parquet").frame.compute()["k"].tolist()[:2] == [1, big + 1]
     assert back.column("k").to_pylist() == [1, big + 1, 3, 4, None, big]
     assert back.column("u").to_pylist() == [1, 2, 3, None, 2, 3]
 
