@@ -378,19 +378,18 @@ class Model:
         names = tuple(self.feature_names)
         if self.groups is None:
             return AffineMap(self.params, names, inverse)
+        m = self.groups.moments
+        few = (m.count > 0) & (m.count < self.rules.min_counts())
+        if few.any():  # too few values for the rule (zscore's ddof): that key's column takes the global statistics
+            m = Moments(**{k: np.where(few, v, getattr(m, k)) for k, v in self.moments.to_dict().items()})
         try:
-            per_key = self.rules.params(self.groups.moments, allow_empty=True)
+            per_key = self.rules.params(m, allow_empty=True)
         except DataError as err:
-            raise self._keyed_error(err) from None
-        count = self.groups.moments.count
-        few = (count > 0) & (count < self.rules.min_counts())
-        if few.any():  # too few values for the rule (zscore's ddof): that key's column uses the global map
-            per_key = Affine(*(np.where(few, getattr(self.params, k), getattr(per_key, k)) for k in _AFFINE_FIELDS))
+            raise self._keyed_error(err, m) from None
         return KeyMap(self.scope.key, self.groups.keys, per_key, self.params, names, inverse)
 
-    def _keyed_error(self, err: DataError) -> DataError:
-        """``err`` from the per-key parameters, naming the keys whose columns are constant under ``constant_policy: error``."""
-        m = self.groups.moments
+    def _keyed_error(self, err: DataError, m: Moments) -> DataError:
+        """``err`` from the per-key parameters ``m``, naming the keys whose columns are constant under ``constant_policy: error``."""
         refused = np.array([self.scalers[r].constant_policy == "error" for r in self.rules.rule_of])
         rows = np.flatnonzero((m.is_constant() & (m.count > 0) & refused).any(axis=1))
         if rows.size == 0:

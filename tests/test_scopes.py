@@ -389,3 +389,14 @@ def test_a_constant_key_under_constant_policy_error_is_named():
     model = sp.fit(df, [sp.MinMax(["x"], constant_policy="error")], scope="key", key="k")
     with pytest.raises(DataError, match=r"column\(s\) 'x' are constant .*; in the statistics of 2 'k' value\(s\): 'b', 'c'$"):
         model.transform(df)
+
+
+def test_a_key_too_small_for_ddof_is_not_refused_as_constant():
+    """A one-row key under ddof=1 takes the global statistics; constant_policy
+    error refused it as constant although its constant map is never used."""
+    df = pd.DataFrame({"k": ["a", "b", "b", "b"], "x": [10.0, 1.0, 2.0, 3.0]})
+    model = sp.fit(df, [sp.ZScore(["x"], ddof=1, constant_policy="error")], scope="key", key="k")
+    got = model.transform(df)["x"].to_numpy()
+    x = df["x"].to_numpy()
+    np.testing.assert_allclose(got[0], (10.0 - x.mean()) / x.std(ddof=1), rtol=1e-15)
+    np.testing.assert_allclose(got[1:], [-1.0, 0.0, 1.0], rtol=0, atol=1e-15)
