@@ -415,10 +415,14 @@ def _conform(df: pd.DataFrame, meta: pd.DataFrame, columns: Sequence[str], path:
     df = df.copy(deep=False)
     for name, dtype in casts.items():
         column = df[name]
+        exact = isinstance(dtype, np.dtype) and dtype.kind in "biu"  # numpy casts here neither keep nulls nor check
         try:
-            if isinstance(dtype, np.dtype) and dtype.kind in "biu" and column.isna().any():
+            if exact and column.isna().any():
                 raise ValueError("a null")
-            df[name] = column.astype(dtype)
+            cast = column.astype(dtype)
+            if exact and not (cast.astype("float64") == column.astype("float64")).all():
+                raise ValueError("a value it would change")  # 1.5 as an integer, 2**40 as int32, 2 as a boolean
+            df[name] = cast
         except (ValueError, TypeError) as exc:
             raise InputError(
                 f"file {path!r}: column {name!r} holds values its dtype {dtype} cannot hold ({exc}); the dtypes "

@@ -178,12 +178,15 @@ def test_a_boolean_column_with_nulls_stays_boolean_through_read_and_write(tmp_pa
         (pa.array([True, None, False]), "dtype bool cannot hold (a null)"),  # was written as False, silently
         (pa.array([1, None, 3], pa.int64()), "dtype int64 cannot hold (a null)"),
         (pa.array(["a", "b", "c"]), "dtype int64 cannot hold"),
+        (pa.array([1.5, 2.0, 3.0]), "dtype int64 cannot hold (a value it would change)"),  # was read as 1
+        (pa.array([0, 2, 5], pa.int8()), "dtype bool cannot hold (a value it would change)"),  # was read as True
     ],
-    ids=["bool-null", "int-null", "text"],
+    ids=["bool-null", "int-null", "text", "float-as-int", "int-as-bool"],
 )
 def test_a_file_changed_after_its_schema_was_read_is_named(tmp_path, sync, column, detail):
     (tmp_path / "in").mkdir()
-    first = pa.table({"c": pa.array([True, False, True]) if pa.types.is_boolean(column.type) else pa.array([1, 2, 3]), "x": [1.0, 2.0, 3.0]})
+    boolean = pa.types.is_boolean(column.type) or column.type == pa.int8()
+    first = pa.table({"c": pa.array([True, False, True]) if boolean else pa.array([1, 2, 3]), "x": [1.0, 2.0, 3.0]})
     pq.write_table(first, tmp_path / "in" / "a.parquet")
     pq.write_table(first, tmp_path / "in" / "b.parquet")
     src = read_table(str(tmp_path / "in"), "parquet")
