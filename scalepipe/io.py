@@ -726,15 +726,36 @@ def read_array(
 # --------------------------------------------------------------------------
 
 
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root: str) -> None:
     for folder, _, names in os.walk(root):
         for name in names:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(os.path.join(folder, name))
         fsync_dir(folder)
+
+
+def _flushed_from_here() -> bool:
+    """Whether this process's fsync reaches what the write tasks wrote.
+
+    So it does when the tasks run in this process (no Dask client, or the
+    threaded scheduler) or in a ``LocalCluster`` (this machine's page cache);
+    not for workers elsewhere (a remote scheduler, SLURM, Kubernetes), whose
+    dirty pages of a shared filesystem only they can flush.
+    """
+    try:
+        from distributed import LocalCluster, default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return True
+    return isinstance(client.cluster, LocalCluster)
 
 
 def _sha256(path: str) -> tuple[str, int]:
@@ -1104,13 +1125,15 @@ def _write_partition(
     keep_index: bool,
     schema: pa.Schema | None,
     parquet_options: Mapping[str, Any],
-    durable: bool,
+    flush: Literal["now", "later", "no"],
 ) -> dict[str, Any]:
     """Write one partition as ``part.<number>`` in ``folder``; runs on a worker.
 
     The file is written under a temporary name and renamed, so a retried task
-    replaces its file whole and a reader never sees a partial one. With
-    ``durable``, its write to disk is started (the commit waits for it).
+    replaces its file whole and a reader never sees a partial one. ``flush``:
+    ``"now"`` fsyncs it here (a worker on another machine: the client's
+    fsync would not reach its cache), ``"later"`` starts its write to disk
+    (the commit's fsync waits for it), ``"no"`` leaves it to the system.
     """
     name = f"part.{number:05d}.{data_format}"
     final = os.path.join(folder, name)
@@ -1123,12 +1146,16 @@ def _write_partition(
         else:
             df.to_csv(tmp, index=keep_index, header=True)
         digest, size = _sha256(tmp)
-        if durable:
+        if flush == "now":
+            _fsync_file(tmp)
+        elif flush == "later":
             _start_writeback(tmp)
         os.replace(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+    if flush == "now":
+        fsync_dir(folder)
     return {"name": name, "rows": len(df), "sha256": digest, "bytes": size}
 
 
@@ -1156,9 +1183,10 @@ def write_table(
     Each partition is written by a task on the active scheduler (the Dask
     workers when a ``distributed.Client`` is active) as ``part.00000.parquet``,
     ``part.00001.parquet``, ... in a staging folder beside ``path`` (each
-    task starts its file's write to disk and goes on); then the files are
-    fsynced, a ``_SUCCESS`` manifest is written and fsynced, and the folder
-    is renamed into place. The data is computed once.
+    task starts its file's write to disk and goes on; on workers of another
+    machine it fsyncs its file itself); then the files are fsynced, a
+    ``_SUCCESS`` manifest is written and fsynced, and the folder is renamed
+    into place. The data is computed once.
 
     Parameters
     ----------
@@ -1234,9 +1262,11 @@ def write_table(
     writer = dask.delayed(_write_partition, pure=False)
     options = {"compression": codec, "compression_level": compression_level}
 
+    flush = ("later" if _flushed_from_here() else "now") if durable else "no"
+
     def fill(staging: str) -> Manifest:
         tasks = [
-            writer(part, staging, number, format, keep_index, schema, options, durable)
+            writer(part, staging, number, format, keep_index, schema, options, flush)
             for number, part in enumerate(frame.to_delayed())
         ]
         written, extra = dask.compute(tasks, list(alongside))

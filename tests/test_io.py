@@ -536,6 +536,30 @@ def test_write_table_refuses_a_bad_codec_before_writing(tmp_path, sync, fmt, cod
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_durable_flushes_every_file_before_the_manifest(tmp_path, sync, monkeypatch, durable):
+    """Watches the real fsync (it still runs): with durable every data file is
+    flushed before the manifest is written; without it none is."""
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def watched(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        flushed.append("manifest" if path.endswith(MANIFEST_NAME) else os.path.basename(path))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", watched)
+    frame = dd.from_pandas(make_frame(0, 40), npartitions=4)
+    write_table(frame, str(tmp_path / "out"), "parquet", durable=durable)
+    parts = [f"part.{i:05d}.parquet" for i in range(4)]
+    data = [name for name in flushed if name.startswith("part.")]
+    assert "manifest" in flushed
+    if durable:
+        assert sorted(data) == parts and all(flushed.index(p) < flushed.index("manifest") for p in parts)
+    else:
+        assert data == []
+
+
 @pytest.mark.parametrize("durable", ["false", 0, None])
 def test_durable_must_be_a_flag(tmp_path, sync, durable):
     """``durable="false"`` flushed (a non-empty string is true): refused, as the config refuses it."""
@@ -630,8 +654,8 @@ def test_scalepipe_error_in_a_task_propagates_unchanged(tmp_path, client):
 
 def test_retried_partition_replaces_its_file(tmp_path):
     df = make_frame(0, 5)
-    a = _write_partition(df, str(tmp_path), 3, "parquet", False, None, {"compression": "snappy"}, True)
-    b = _write_partition(df, str(tmp_path), 3, "parquet", False, None, {"compression": "snappy"}, False)
+    a = _write_partition(df, str(tmp_path), 3, "parquet", False, None, {"compression": "snappy"}, "now")
+    b = _write_partition(df, str(tmp_path), 3, "parquet", False, None, {"compression": "snappy"}, "later")
     assert a == b and os.listdir(tmp_path) == ["part.00003.parquet"]
 
 
