@@ -133,9 +133,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
     It re-raises as SIGINT, so the cluster's SIGINT handler (which makes sure
     the interrupt is not swallowed inside distributed's callbacks) applies;
-    where SIGINT is ignored (a job started in the background by a shell,
-    ``nohup``, some batch launchers) it interrupts directly, since a SIGINT
-    would be ignored too.
+    where SIGINT is ignored (a job started in the background by a
+    non-interactive shell, ``cmd &`` in a script; some batch launchers) it
+    interrupts directly, since a SIGINT would be ignored too (without that
+    handler's guard against an interrupt raised inside a ``__del__``).
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         raise KeyboardInterrupt

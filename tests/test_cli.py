@@ -404,7 +404,7 @@ def test_sigkill_mid_write_keeps_the_previous_output(many_partitions):
     assert stats.read_bytes() == old_stats
 
 
-@pytest.mark.parametrize("sigint", ["handled", "ignored"])  # ignored: a job started in the background (`cmd &`, nohup)
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])  # ignored: `cmd &` in a script
 def test_sigterm_mid_write_cleans_up_and_stops_the_workers(many_partitions, sigint):
     home, env = many_partitions
     dest, stats = home / f"stopped-{sigint}" / "out", home / f"stopped-{sigint}" / "stats.json"
