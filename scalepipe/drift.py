@@ -497,7 +497,7 @@ def drift_report(
         notes.append("unseen_share applies to the key scope only: not checked")
     if reference is None:
         saved = (
-            "a global-scope `scalepipe run`"
+            "a global-scope `scalepipe run` of a table with `report: true`"
             if model.scope.kind == "global"
             else f"`scalepipe run` in the global scope only, not {model.scope.kind!r}"
         )
