@@ -744,10 +744,10 @@ def _fsync_tree(root: str) -> None:
 def _flushed_from_here() -> bool:
     """Whether this process's fsync reaches what the write tasks wrote.
 
-    So it does when the tasks run in this process (no Dask client, or the
-    threaded scheduler) or in a ``LocalCluster`` (this machine's page cache);
-    not for workers elsewhere (a remote scheduler, SLURM, Kubernetes), whose
-    dirty pages of a shared filesystem only they can flush.
+    True when the tasks run in this process (no distributed client) or in a
+    ``LocalCluster`` (this machine's page cache); false for workers that may
+    run elsewhere (a remote scheduler, SLURM, Kubernetes), whose dirty pages
+    of a shared filesystem only they can flush.
     """
     try:
         from distributed import LocalCluster, default_client
