@@ -343,12 +343,14 @@ class _Interrupt:
         self.requested = False
         self.delivered = False
         self.finished = threading.Event()
+        self.signum = signal.SIGINT
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.finished.is_set():
             return  # the block is over: let its cleanup run
         if not self.requested:
             self.requested = True
+            self.signum = signum
             threading.Thread(target=self._redeliver, name="scalepipe-interrupt", daemon=True).start()
         if self._unsafe(frame):
             return
@@ -373,21 +375,28 @@ class _Interrupt:
             # block without waiting on anything: a main thread that waits
             # again has lost it.
             if not self.delivered or self._main_thread_waits():
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), self.signum)
 
 
 @contextlib.contextmanager
 def _handling_sigint(handler: _Interrupt) -> Iterator[None]:
-    """Install ``handler`` for SIGINT, unless this is not the main thread or someone else handles SIGINT."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    """Install ``handler`` for SIGINT, unless this is not the main thread or someone else handles SIGINT.
+
+    Where SIGINT is ignored (a job a script started in the background), it
+    handles SIGTERM instead, the way such a job is stopped.
+    """
+    sigint = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or sigint not in (signal.default_int_handler, signal.SIG_IGN):
         yield
         return
-    signal.signal(signal.SIGINT, handler)
+    signum = signal.SIGINT if sigint is signal.default_int_handler else signal.SIGTERM
+    previous = signal.getsignal(signum)
+    signal.signal(signum, handler)
     try:
         yield
     finally:
         handler.finished.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signum, previous)
 
 
 @contextlib.contextmanager
