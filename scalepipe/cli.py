@@ -135,8 +135,8 @@ def _interrupt(signum: int, frame: Any) -> None:
     the interrupt is not swallowed inside distributed's callbacks) applies;
     where SIGINT is ignored (a job started in the background by a
     non-interactive shell, ``cmd &`` in a script; some batch launchers) it
-    interrupts directly, since a SIGINT would be ignored too (without that
-    handler's guard against an interrupt raised inside a ``__del__``).
+    interrupts directly, since a SIGINT would be ignored too (while the
+    cluster runs, the cluster's handler takes SIGTERM itself).
     """
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         raise KeyboardInterrupt
