@@ -133,14 +133,33 @@ class BatchMap:
         return out
 
 
+def key_positions(keys: Any, column: Any) -> np.ndarray:
+    """Each row's position among the fitted ``keys`` (a pandas Index), -1 where not found.
+
+    Exact: a float key matches an integer key only when it is that integer
+    (pandas would compare them as floats, so ``2.0**53`` would find a
+    fitted ``2**53 + 1``).
+    """
+    if keys.dtype.kind in "iu" and column.dtype.kind == "f":
+        unsigned = keys.dtype.kind == "u"
+        target, lo, hi = (np.uint64, 0.0, 2.0**64) if unsigned else (np.int64, -(2.0**63), 2.0**63)
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = (values == np.floor(values)) & (values >= lo) & (values < hi)
+        found = np.full(len(values), -1, dtype=np.intp)
+        found[whole] = keys.get_indexer(values[whole].astype(target))
+        return found
+    return keys.get_indexer(column)
+
+
 def unseen_mask(keys: Any, column: Any) -> np.ndarray:
     """Rows of ``column`` (a pandas Series) whose key is not among the fitted ``keys`` (a pandas Index).
 
-    The lookup :class:`KeyMap` scales by, so a key of another type (``1``
-    for a fitted ``True``) is unseen. A missing key is not: such rows were
-    in the fit too (in the global statistics, in no key's).
+    The lookup :class:`KeyMap` scales by (:func:`key_positions`), so a key of
+    another type (``1`` for a fitted ``True``) is unseen. A missing key is
+    not: such rows were in the fit too (in the global statistics, in no key's).
     """
-    return (keys.get_indexer(column) < 0) & column.notna().to_numpy()
+    return (key_positions(keys, column) < 0) & column.notna().to_numpy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,7 +191,7 @@ class KeyMap:
 
     def rows(self, part: Any) -> np.ndarray:
         """Each row's index among the fitted keys (-1 where unseen or missing)."""
-        return self.keys.get_indexer(part[self.key])  # the column itself: a nullable integer through numpy is float
+        return key_positions(self.keys, part[self.key])
 
     def __call__(self, values: np.ndarray, positions: np.ndarray, part: Any = None) -> np.ndarray:
         if part is None:

@@ -400,3 +400,19 @@ def test_a_key_too_small_for_ddof_is_not_refused_as_constant():
     x = df["x"].to_numpy()
     np.testing.assert_allclose(got[0], (10.0 - x.mean()) / x.std(ddof=1), rtol=1e-15)
     np.testing.assert_allclose(got[1:], [-1.0, 0.0, 1.0], rtol=0, atol=1e-15)
+
+
+def test_a_float_key_matches_an_integer_key_only_when_equal():
+    """pandas compares an integer index with floats as floats: 2.0**53 (what
+    2**53 + 1 becomes as a float) found the fitted key 2**53 + 1, and its rows
+    were scaled with that key's statistics, counted as seen."""
+    big = 2**53
+    df = pd.DataFrame({"x": [1.0, 2.0, 10.0, 20.0], "k": pd.array([big + 1, big + 1, big + 2, big + 2], dtype="Int64")})
+    model = sp.fit(df, [sp.MinMax(["x"])], scope="key", key="k")
+    as_floats = df.assign(k=df["k"].astype("float64"))  # big + 1 -> 2.0**53 (not fitted); big + 2 stays exact
+    got = model.transform(as_floats)["x"].to_numpy()
+    np.testing.assert_allclose(got[:2], (np.array([1.0, 2.0]) - 1.0) / 19.0, rtol=1e-15)  # unseen: the global map
+    np.testing.assert_array_equal(got[2:], [0.0, 1.0])  # the key big + 2, exactly
+    assert model.unseen_rows(as_floats) == 2
+    halves = df.assign(k=[1.5, np.nan, np.inf, float(big + 2)])
+    assert model.unseen_rows(halves) == 2  # 1.5 and inf are unseen, NaN is missing, big + 2 is found
