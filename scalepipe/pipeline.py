@@ -144,6 +144,8 @@ def run_job(
     if update:
         _check_update_settings(cfg, previous)
     _check_columns(cfg, source, previous)
+    if update:
+        _check_update_keys(previous, source)
     manifest = None
     cluster = open_cluster(
         cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path, partition_files=source.partition_files
@@ -238,6 +240,30 @@ def _check_update_settings(cfg: Config, previous: Model) -> None:
                 f"stats.{name}: {getattr(cfg.stats, name)!r}, but the statistics at stats.path were fitted with "
                 f"{name} {value!r}, which fit --update keeps; remove stats.{name} or fit anew"
             )
+
+
+def _key_family(kind: str) -> str:
+    return {"i": "integer", "u": "integer", "f": "float", "b": "boolean"}.get(kind, "text")
+
+
+def _check_update_keys(previous: Model, source: Any) -> None:
+    """``fit --update`` of a key-scope artifact needs the key column to hold keys of the artifact's type.
+
+    Keys of another type would not merge with the fitted ones (the update
+    failed after the fit pass, naming a fitted key).
+    """
+    import pandas as pd
+
+    key = previous.scope.key
+    if previous.groups is None or source.schema is None or key not in source.schema:
+        return
+    fitted = _key_family(previous.groups.keys.dtype.kind)
+    given = _key_family(pd.api.types.pandas_dtype(source.schema[key]).kind)
+    if fitted != given:
+        raise ColumnError(
+            f"stats.key: key column {key!r} is {source.schema[key]} ({given}) in the input, but the statistics at "
+            f"stats.path have {fitted} keys; fit --update merges keys of one type: cast the column, or fit anew"
+        )
 
 
 def _check_plan(cfg: Config, *, writes_output: bool) -> None:

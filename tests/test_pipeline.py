@@ -324,3 +324,19 @@ def test_fit_update_refuses_another_batch_size(tmp_path):
     sp.fit(numeric, cfg.scaler_objects(), scope="partition", batch_rows=5).save(tmp_path / "stats.json")
     with pytest.raises(ConfigError, match=r"stats\.batch_rows: 7, but the statistics at stats.path were fitted with batch_rows 5"):
         run_job(cfg, "fit", update=True, scheduler="tcp://127.0.0.1:9")
+
+
+def test_fit_update_refuses_keys_of_another_type_before_any_work(tmp_path, client):
+    """It failed after the fit pass, naming a fitted key ("key value 'a' (str)
+    cannot be saved") rather than the column and the types."""
+    first, second = customers(300, seed=2), customers(200, seed=3)
+    second["segment"] = np.arange(len(second)) % 3
+    for folder, df in (("a", first), ("b", second)):
+        (tmp_path / folder).mkdir()
+        df.to_csv(tmp_path / folder / "x.csv", index=False)
+    keyed = ("stats.scope=key", "stats.key=segment")
+    run_job(job("csv_example.yaml", tmp_path, *keyed, inp="a", out=None), "fit", scheduler=client.scheduler.address)
+    before = (tmp_path / "stats.json").read_bytes()
+    with pytest.raises(ColumnError, match=r"^stats\.key: key column 'segment' is float64 \(float\) in the input, but the statistics at stats\.path have text keys"):
+        run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler="tcp://127.0.0.1:9")
+    assert (tmp_path / "stats.json").read_bytes() == before
