@@ -834,6 +834,9 @@ class Manifest:
         ``"parquet"``, ``"csv"`` or ``"zarr"``.
     variables
         Zarr stores: variable name -> shape.
+    sizes
+        Zarr stores: each file of the store (its path inside it) -> bytes
+        (empty for a store written before scalepipe recorded them).
     alongside
         The values of the lazy objects computed together with the write
         (``write_table(..., alongside=...)``); not part of the manifest file.
@@ -844,6 +847,7 @@ class Manifest:
     path: str
     format: str = "parquet"
     variables: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
     alongside: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
 
@@ -913,6 +917,7 @@ def read_manifest(path: str) -> Manifest:
             path=os.path.abspath(_local(path)),
             format=str(doc["data_format"]),
             variables=variables,
+            sizes={str(name): int(size) for name, size in doc.get("sizes", {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise OutputError(f"the {MANIFEST_NAME} manifest in {path!r} is malformed: {exc}") from exc
@@ -929,7 +934,9 @@ def verify_output(path: str) -> Manifest:
 
     Every listed file must exist with the recorded size and sha256 (and, for
     Parquet, row count); no unlisted data file may be present. A Zarr store
-    must open with the recorded variables and shapes.
+    must open with the recorded variables and shapes, and each of its files
+    have the recorded size (a store written with ``durable=False`` and cut
+    short by a power loss has missing or short chunk files).
 
     Returns
     -------
@@ -956,6 +963,11 @@ def verify_output(path: str) -> Manifest:
                     f"Zarr output {path!r}: variable {name!r} is missing or changed shape "
                     f"(manifest: {shape})"
                 )
+        for name, size in manifest.sizes.items():
+            file = os.path.join(folder, name)
+            if not os.path.isfile(file) or os.path.getsize(file) != size:
+                found = f"{os.path.getsize(file)} bytes" if os.path.isfile(file) else "missing"
+                raise OutputError(f"Zarr output {path!r}: file {name!r} is {found}, where {size} bytes were written")
         return manifest
     listed = {f.name for f in manifest.files}
     present = {n for n in os.listdir(folder) if not _is_hidden(n)}
@@ -1342,6 +1354,11 @@ def write_array(ds: xr.Dataset, path: str, *, overwrite: bool = False, durable: 
         }
         if durable:
             _fsync_tree(staging)
-        _write_manifest(staging, _manifest_document("zarr", variables=variables))
+        sizes = {
+            os.path.relpath(os.path.join(folder, name), staging): os.path.getsize(os.path.join(folder, name))
+            for folder, _, names in os.walk(staging)
+            for name in names
+        }
+        _write_manifest(staging, _manifest_document("zarr", variables=variables, sizes=sizes))
 
     _staged_write(path, overwrite, fill)

@@ -874,6 +874,22 @@ def test_write_array_round_trip_keeps_chunks(tmp_path, client):
     assert leftovers(tmp_path) == []
 
 
+def test_verify_output_finds_a_missing_or_short_zarr_chunk(tmp_path, sync):
+    """A Zarr store's manifest listed no files, so a truncated or deleted
+    chunk (what a power loss leaves after durable=False) passed."""
+    dest = tmp_path / "out.zarr"
+    write_array(make_dataset(), str(dest), durable=False)
+    manifest = verify_output(str(dest))
+    chunks = sorted(name for name in manifest.sizes if name.startswith("t" + os.sep) and manifest.sizes[name] > 0)
+    assert chunks and all((dest / name).stat().st_size == manifest.sizes[name] for name in manifest.sizes)
+    (dest / chunks[0]).write_bytes(b"")
+    with pytest.raises(OutputError, match=re.escape(f"file {chunks[0]!r} is 0 bytes, where {manifest.sizes[chunks[0]]} bytes")):
+        verify_output(str(dest))
+    (dest / chunks[0]).unlink()
+    with pytest.raises(OutputError, match=re.escape(f"file {chunks[0]!r} is missing")):
+        verify_output(str(dest))
+
+
 def test_write_text_atomic(tmp_path, monkeypatch):
     target = tmp_path / "stats" / "stats.json"
     write_text_atomic(str(target), '{"a": 1}')
