@@ -413,13 +413,16 @@ def bin_counts(
     last, NaN, and outside ``[bounds[0], bounds[1]]``; NaN is in no bin.
 
     Per cache-sized piece, a first loop (no branches: it vectorises) counts
-    the tallies and guesses each value's bin (``bins`` for none); a second
+    the tallies and guesses each value's bin (``bins`` for none) as an
+    int32, which AVX2 converts from doubles four at a time (it has no
+    double-to-int64 conversion: with int64 guesses the loop ran 1.5x
+    slower, 6.5 against 4.4 ns per value for the whole kernel); a second
     corrects the guesses and counts them, into four interleaved copies of the
     counts so that runs of one bin do not wait on each other's increments.
     """
     bins = edges.shape[1] - 1
     piece = np.empty(8 * ROWS)
-    guess = np.empty(piece.shape[0], np.int64)
+    guess = np.empty(piece.shape[0], np.int32)
     copies = np.zeros((4, bins + 1), np.int64)  # column ``bins``: in no bin
     for j in range(addresses.shape[0]):
         e = edges[j]
@@ -439,7 +442,7 @@ def bin_counts(
                 under += v < first
                 over += v > last
                 t = (v - first) * inverse  # >= 0 when v is in the edges; NaN or inf (a zero or subnormal width) too
-                guess[i] = (int(t) if t < bins else bins - 1) if (v >= first) & (v <= last) else bins
+                guess[i] = (np.int32(t) if t < bins else bins - 1) if (v >= first) & (v <= last) else bins
             for i in range(rows):
                 k = guess[i]
                 if k < bins:
