@@ -415,12 +415,16 @@ def _conform(df: pd.DataFrame, meta: pd.DataFrame, columns: Sequence[str], path:
     df = df.copy(deep=False)
     for name, dtype in casts.items():
         column = df[name]
-        exact = isinstance(dtype, np.dtype) and dtype.kind in "biu"  # numpy casts here neither keep nulls nor check
+        # numpy casts to these neither keep nulls nor check values; a widening one
+        # (a nullable int64 without nulls to int64) needs no value check
+        exact = isinstance(dtype, np.dtype) and dtype.kind in "biu"
+        source = getattr(column.dtype, "numpy_dtype", column.dtype)
+        widening = exact and isinstance(source, np.dtype) and np.can_cast(source, dtype, "safe")
         try:
             if exact and column.isna().any():
                 raise ValueError("a null")
             cast = column.astype(dtype)
-            if exact and not (cast.astype("float64") == column.astype("float64")).all():
+            if exact and not widening and not (cast.astype("float64") == column.astype("float64")).all():
                 raise ValueError("a value it would change")  # 1.5 as an integer, 2**40 as int32, 2 as a boolean
             df[name] = cast
         except (ValueError, TypeError) as exc:
