@@ -504,7 +504,7 @@ def drift_report(
         notes.append(f"no histograms of the fitted data (saved beside the statistics by {saved}): PSI not computed")
     unseen = None
     if model.groups is not None:
-        share = new.unseen_rows / new.rows if new.rows else 0.0
+        share = new.unseen_rows / new.rows  # rows > 0: checked above
         ordered = sorted(new.unseen_keys.items(), key=lambda kv: -kv[1])
         unseen = UnseenKeys(
             rows=new.unseen_rows,
@@ -517,13 +517,9 @@ def drift_report(
 
 
 def _plain(key: Any) -> Any:
-    """A key as a JSON-friendly Python value."""
-    import pandas as pd
-
+    """An unseen key as a JSON-friendly Python value (never missing: a missing key is not unseen)."""
     if isinstance(key, np.generic):
         key = key.item()
-    if not isinstance(key, (str, bytes)) and np.ndim(key) == 0 and pd.isna(key):
-        return None  # None, NaN, pandas' NA and NaT: JSON null, not the text "<NA>"
     if isinstance(key, float) and math.isinf(key):
         return "Infinity" if key > 0 else "-Infinity"  # JSON has none: the artifact's strings
     return key
