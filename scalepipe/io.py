@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import decimal
 import glob
 import hashlib
 import importlib.util
@@ -518,20 +519,50 @@ def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
     )
 
 
-def _csv_dtype(sample: pd.Series) -> str:
-    """The dtype a CSV column is parsed as, from the values of a sample.
+#: float64 holds every integer up to this magnitude, and not all beyond it.
+_FLOAT_EXACT = 2**53
+_INTEGER_TEXT = r"\s*[+-]?\d+\s*"
 
-    ``true``/``false`` columns are pandas' nullable ``boolean``, so a blank
-    (in the sample or further down) is a missing value, not a reason to read
-    the column as text.
+
+def _csv_dtype(sample: pd.Series, text: Callable[[], pd.Series]) -> str:
+    """The dtype a CSV column is parsed as, from the values of a sample (``text()``: the same values as text).
+
+    Numbers are float64, except integers beyond 2**53 in magnitude (64-bit
+    IDs, nanosecond timestamps), which float64 would change: a column whose
+    sampled values are all integers, some of them that large, is pandas'
+    nullable ``Int64`` (``UInt64`` beyond int64). ``true``/``false``
+    columns are pandas' nullable ``boolean``, so a blank (in the sample or
+    further down) is a missing value, not a reason to read the column as text.
     """
     kind = sample.dtype.kind if isinstance(sample.dtype, np.dtype) else "O"
     if kind in "iuf":
-        return "float64"
+        return _csv_number_dtype(sample, text) if _beyond_float(sample) else "float64"
     present = sample.dropna()
     if kind == "b" or (len(present) and all(isinstance(v, (bool, np.bool_)) for v in present)):
         return "boolean"
     return "str"
+
+
+def _beyond_float(sample: pd.Series) -> bool:
+    """Whether a numeric sample holds a value beyond 2**53 in magnitude (compared without rounding)."""
+    if sample.dtype.kind == "f":
+        return bool((sample.abs() >= _FLOAT_EXACT).any())
+    return bool(((sample > _FLOAT_EXACT) | (sample < -_FLOAT_EXACT)).any())
+
+
+def _csv_number_dtype(sample: pd.Series, text: Callable[[], pd.Series]) -> str:
+    """``Int64``/``UInt64`` for a sample of integers (blanks allowed) that holds large ones, else float64."""
+    if sample.dtype.kind == "u":
+        return "UInt64"
+    if sample.dtype.kind == "i":
+        return "Int64"
+    tokens = text().dropna()  # pandas read integers with blanks as float64: look at what was written
+    if not tokens.str.fullmatch(_INTEGER_TEXT).all():
+        return "float64"
+    values = [int(t) for t in tokens]
+    if all(-(2**63) <= v < 2**63 for v in values):
+        return "Int64"
+    return "UInt64" if all(0 <= v < 2**64 for v in values) else "float64"
 
 
 def _csv_header(path: str) -> list[str]:
@@ -560,6 +591,50 @@ def _csv_bad_column(loose: pd.DataFrame, meta: pd.DataFrame, wanted: list[str]) 
     return ""
 
 
+def _csv_integers(text: pd.Series, dtype: Any) -> pd.Series | str:
+    """A CSV column read as text, as the nullable integer ``dtype``; or the first value it cannot hold exactly.
+
+    Integers are converted as written (``pd.to_numeric`` parses them without
+    rounding); other numbers (``2.0``, ``1e3``) as decimals, when integral.
+    (pandas' own parsing of such a column reads the whole block through
+    float64 once one value is not written as an integer, rounding the large
+    ones.)
+    """
+    info = np.iinfo(dtype.numpy_dtype)
+    missing = text.isna().to_numpy()
+    tokens = text[~missing]
+    digits = tokens.str.fullmatch(_INTEGER_TEXT).to_numpy(bool)
+    values = np.zeros(len(tokens), dtype.numpy_dtype)
+    if digits.any():
+        exact = pd.to_numeric(tokens[digits])
+        if exact.dtype == object:  # some beyond int64 and some negative: no numpy dtype holds both
+            exact = exact.map(int)
+        fits = ((exact >= info.min) & (exact <= info.max)).to_numpy(bool)
+        if not fits.all():
+            return str(tokens[digits].iloc[np.argmin(fits)])
+        values[digits] = exact.to_numpy(dtype.numpy_dtype)
+    if not digits.all():
+        others = []
+        for token in tokens[~digits]:
+            number = _integral_text(token)
+            if number is None or not info.min <= number <= info.max:
+                return str(token)
+            others.append(number)
+        values[~digits] = np.array(others, dtype.numpy_dtype)
+    data = np.zeros(len(text), dtype.numpy_dtype)
+    data[~missing] = values
+    return pd.Series(pd.arrays.IntegerArray(data, missing), index=text.index)
+
+
+def _integral_text(token: str) -> int | None:
+    """The integer a number written as ``7.0`` or ``1e3`` denotes (read as a decimal, without rounding), or None."""
+    try:
+        number = decimal.Decimal(token.strip())
+    except decimal.InvalidOperation:
+        return None
+    return int(number) if number.is_finite() and number == number.to_integral_value() else None
+
+
 def _read_csv_part(
     part: tuple[str, int, int],
     names: list[str],
@@ -568,7 +643,8 @@ def _read_csv_part(
 ) -> pd.DataFrame:
     path, offset, length = part
     wanted = list(meta.columns) if columns is None else list(columns)
-    dtypes = {c: meta[c].dtype for c in wanted}
+    # nullable integer columns are read as text and converted exactly (see _csv_integers)
+    dtypes = {c: str if meta[c].dtype.kind in "iu" else meta[c].dtype for c in wanted}
     try:
         if length < 0:
             data = b""
@@ -584,7 +660,7 @@ def _read_csv_part(
                 io.BytesIO(data), header=None, names=names, usecols=wanted, dtype=dtypes
             )
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        where = f"bytes {offset}-{offset + length}" if length >= 0 else "whole file"
+        where = _csv_where(offset, length)
         try:  # name the column: read the block again as text
             if length < 0:
                 loose = pd.read_csv(path, usecols=wanted, dtype=str)
@@ -596,7 +672,21 @@ def _read_csv_part(
         raise InputError(
             f"CSV file {path!r} ({where}) cannot be parsed: {detail or exc}"
         ) from exc
+    for col in wanted:
+        if meta[col].dtype.kind in "iu":
+            converted = _csv_integers(df[col], meta[col].dtype)
+            if isinstance(converted, str):
+                raise InputError(
+                    f"CSV file {path!r} ({_csv_where(offset, length)}) cannot be parsed: column {col!r} holds "
+                    f"{converted!r}, not an integer that {meta[col].dtype} holds exactly (the column is read as "
+                    "integers because its sampled rows hold integers beyond 2**53, which float64 would change)"
+                )
+            df[col] = converted
     return _conform(df, meta, wanted, path)
+
+
+def _csv_where(offset: int, length: int) -> str:
+    return f"bytes {offset}-{offset + length}" if length >= 0 else "whole file"
 
 
 def _csv_blocks(path: str, blocksize: int) -> list[tuple[str, int, int]]:
@@ -638,9 +728,10 @@ def _read_csv(path: str, columns: Sequence[str] | None) -> TableSource:
             break
     else:
         raise InputError(f"the CSV input {path!r} has a header but no rows in any of its {len(files)} file(s)")
-    meta = pd.DataFrame(
-        {c: pd.Series([], dtype=_csv_dtype(sample[c])) for c in selected}
-    )
+    def text(column: str) -> Callable[[], pd.Series]:
+        return lambda: pd.read_csv(file, nrows=sample_rows, usecols=[column], dtype=str)[column]
+
+    meta = pd.DataFrame({c: pd.Series([], dtype=_csv_dtype(sample[c], text(c))) for c in selected})
     blocksize = parse_bytes(dask.config.get("scalepipe.io.csv-blocksize", "64MiB"))
     parts = [block for file in files for block in _csv_blocks(file, blocksize)]
     frame = dd.from_map(_read_csv_part, parts, args=(names, meta), meta=meta, label="read-csv")

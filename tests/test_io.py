@@ -324,6 +324,40 @@ def test_a_csv_boolean_column_with_blanks_stays_boolean(tmp_path, sync):
         read_table(str(tmp_path / "in"), "csv").frame.compute()
 
 
+def test_csv_integers_beyond_2_53_are_read_exactly(tmp_path, sync):
+    """Such columns were read as float64: 2**53 + 1 became 2**53 (IDs,
+    nanosecond timestamps); and pandas' own nullable-integer parsing rounds a
+    whole block through float64 once one value is written as ``7.0``."""
+    (tmp_path / "in").mkdir()
+    big, ts, top = 2**53 + 1, 1_700_000_000_000_000_001, 2**64 - 1
+    (tmp_path / "in" / "a.csv").write_text(f"id,ts,u,small,x\n{big},{ts},{top},3,1.5\n{big + 2},,1,4,2.5\n")
+    (tmp_path / "in" / "b.csv").write_text(f"id,ts,u,small,x\n{-big},{ts + 2},2,5,3.5\n7.0,1e3,3,,4.5\n{big}.0,-0,+4,6,5.5\n")
+    src = read_table(str(tmp_path / "in"), "csv")
+    assert src.schema == {"id": "Int64", "ts": "Int64", "u": "UInt64", "small": "float64", "x": "float64"}
+    got = src.frame.compute()
+    assert got["id"].tolist() == [big, big + 2, -big, 7, big]
+    assert got["ts"].tolist() == [ts, pd.NA, ts + 2, 1000, 0]
+    assert got["u"].tolist() == [top, 1, 2, 3, 4]
+    write_table(src.frame, str(tmp_path / "out"), "parquet")
+    written = pq.read_table(tmp_path / "out")
+    assert written.column("id").to_pylist() == [big, big + 2, -big, 7, big]
+    assert written.column("ts").to_pylist() == [ts, None, ts + 2, 1000, 0]
+    assert written.column("u").type == pa.uint64() and written.column("u").to_pylist() == [top, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("2.5", "2.5"), ("1e300", "1e300"), ("4503599627370496.4", "4503599627370496.4"), (str(2**63), str(2**63)), (" nan", " nan"), ("x", "x")],
+)
+def test_a_value_a_large_integer_csv_column_cannot_hold_is_named(tmp_path, sync, value, shown):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text(f"id,x\n{2**60},1\n")
+    (tmp_path / "in" / "b.csv").write_text(f"id,x\n5,2\n{value},3\n")
+    src = read_table(str(tmp_path / "in"), "csv")
+    with pytest.raises(InputError, match=rf"b\.csv' .*column 'id' holds '{re.escape(shown)}', not an integer that Int64 holds"):
+        src.frame.compute()
+
+
 def test_read_compressed_csv_whole_file(tmp_path, sync):
     (tmp_path / "in").mkdir()
     df = make_frame(0, 40)
