@@ -76,6 +76,19 @@ class _FieldError(ValueError):
         self.detail = detail
 
 
+def _without_file_scheme(path: str) -> str:
+    """``file:///data/x`` as ``/data/x``, the local path every reader and check takes (other schemes are refused there)."""
+    if not path.startswith("file://"):
+        return path
+    if len(path) == len("file://"):
+        raise _FieldError((), "'file://' names no path; give a local path")
+    return path[len("file://") :]
+
+
+#: A local path; ``file://`` is accepted and removed.
+LocalPath = Annotated[str, Field(min_length=1), AfterValidator(_without_file_scheme)]
+
+
 def _unused(name: str, value: object, needs: str, current: str) -> _FieldError:
     """The error for a setting that has no effect with the current settings."""
     return _FieldError((name,), f"only used with {needs} ({current}), got {_brief(value)}; remove it or set {needs}")
@@ -212,7 +225,7 @@ class InputConfig(BaseModel):
     model_config = _SECTION
 
     format: Literal["parquet", "csv", "zarr", "netcdf"]
-    path: NonEmptyStr
+    path: LocalPath
     columns: NonEmptyList | None = None
     reduce_dims: NonEmptyList | None = None
     variables: NonEmptyList | None = None
@@ -266,7 +279,7 @@ class StatsConfig(BaseModel):
     min_batch_rows: int = Field(2, ge=1)
     inference_stats: Literal["running", "global"] = "running"
     exact: bool = False
-    path: NonEmptyStr = "artifacts/stats.json"
+    path: LocalPath = "artifacts/stats.json"
 
     @model_validator(mode="after")
     def _check_scope_options(self) -> Self:
@@ -306,7 +319,7 @@ class OutputConfig(BaseModel):
     model_config = _SECTION
 
     format: Literal["parquet", "zarr", "csv"]
-    path: NonEmptyStr
+    path: LocalPath
     overwrite: bool = False
     compression: ParquetCodec = "snappy"
     compression_level: int | None = None
@@ -426,7 +439,13 @@ class Config(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check_output_format(self) -> Self:
+    def _check_formats(self) -> Self:
+        if self.stats.scope == "key" and self.input.format in ARRAY_FORMATS:
+            raise _FieldError(
+                ("stats", "scope"),
+                f"'key' needs a table input (parquet or csv), but input.format is {self.input.format!r}; "
+                "an array input takes the global or partition scope",
+            )
         if self.output is None:
             return self
         fmt, source = self.output.format, self.input.format

@@ -929,6 +929,8 @@ class Manifest:
         ``"parquet"``, ``"csv"`` or ``"zarr"``.
     variables
         Zarr stores: variable name -> shape.
+    dtypes
+        Zarr stores: variable name -> the dtype its values were written with.
     sizes
         Zarr stores: each file of the store (its path inside it) -> bytes
         (empty for a store written before scalepipe recorded them).
@@ -942,6 +944,7 @@ class Manifest:
     path: str
     format: str = "parquet"
     variables: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     alongside: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
@@ -1012,6 +1015,7 @@ def read_manifest(path: str) -> Manifest:
             path=os.path.abspath(_local(path)),
             format=str(doc["data_format"]),
             variables=variables,
+            dtypes={str(name): str(spec["dtype"]) for name, spec in doc.get("variables", {}).items()},
             sizes={str(name): int(size) for name, size in doc.get("sizes", {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -1029,7 +1033,7 @@ def verify_output(path: str) -> Manifest:
 
     Every listed file must exist with the recorded size and sha256 (and, for
     Parquet, row count); no unlisted data file may be present. A Zarr store
-    must open with the recorded variables and shapes, and each of its files
+    must open with the recorded variables, shapes and dtypes, and each of its files
     have the recorded size (a store written with ``durable=False`` and cut
     short by a power loss has missing or short chunk files).
 
@@ -1057,6 +1061,11 @@ def verify_output(path: str) -> Manifest:
                 raise OutputError(
                     f"Zarr output {path!r}: variable {name!r} is missing or changed shape "
                     f"(manifest: {shape})"
+                )
+            if str(ds[name].dtype) != manifest.dtypes[name]:
+                raise OutputError(
+                    f"Zarr output {path!r}: variable {name!r} reads as {ds[name].dtype}, "
+                    f"where {manifest.dtypes[name]} values were written"
                 )
         for name, size in manifest.sizes.items():
             file = os.path.join(folder, name)
@@ -1393,16 +1402,23 @@ def write_table(
     return _staged_write(path, overwrite, fill)
 
 
-def _without_chunk_encoding(ds: xr.Dataset) -> xr.Dataset:
-    """A shallow copy whose variables are stored with their dask chunks.
+#: Encodings that describe how the input store laid out and compressed its chunks.
+_STORE_ENCODINGS = ("chunks", "preferred_chunks", "shards", "compressor", "compressors", "filters", "serializer", "codecs")
+
+
+def _without_store_encoding(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy whose variables are stored with their dask chunks and the output store's default codecs.
 
     A stored ``chunks`` encoding left over from reading conflicts with a
-    dataset that was rechunked since.
+    dataset that was rechunked since; the input's codecs may belong to another
+    Zarr format (a version 2 store's ``Blosc`` is no version 3 codec) or be
+    lossy filters fitted to the input's values. The value encodings (a
+    ``dtype``, CF packing, a ``_FillValue``, time units) stay: they are how
+    an unchanged variable's values are stored.
     """
     out = ds.copy(deep=False)
     for var in out.variables.values():
-        for key in ("chunks", "preferred_chunks", "shards"):
-            var.encoding.pop(key, None)
+        var.encoding = {k: v for k, v in var.encoding.items() if k not in _STORE_ENCODINGS}
     return out
 
 
@@ -1431,7 +1447,7 @@ def write_array(ds: xr.Dataset, path: str, *, overwrite: bool = False, durable: 
     >>> write_array(scaled_ds, "out/scaled.zarr")  # doctest: +SKIP
     """
     _check_durable(durable)
-    data = _without_chunk_encoding(ds)
+    data = _without_store_encoding(ds)
 
     def fill(staging: str) -> None:
         with warnings.catch_warnings():

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from .codecs import describe
 from .config import TABLE_FORMATS, Config, config_hash
-from .errors import ColumnError, ConfigError, OutputError
+from .errors import ColumnError, ConfigError, DataError, OutputError
 from .model import Model, fit, load, resolve_columns
 from .views import View, view_of
 
@@ -214,6 +214,7 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
     view = _schema_view(cfg, source, None)
     scalers = cfg.scaler_objects()
     features, passthrough = resolve_columns(view, scalers, exclude=_key_columns(cfg))
+    _check_batches(cfg, view, features)
     if source.schema is None:  # an array store: its files are chunks, its features cells of its variables
         lines = [f"input: {cfg.input.format}, {len(source.data.data_vars)} variable(s), {len(view.names)} feature(s)"]
     else:
@@ -382,11 +383,21 @@ def _check_columns(cfg: Config, source: _Input, previous: Model | None) -> None:
     """Match the input's columns against the rules, or against the artifact's features."""
     view = _schema_view(cfg, source, previous)
     if previous is None:
-        resolve_columns(view, cfg.scaler_objects(), exclude=_key_columns(cfg))
+        features, _ = resolve_columns(view, cfg.scaler_objects(), exclude=_key_columns(cfg))
+        _check_batches(cfg, view, features)
     else:
         view.positions(previous.feature_names)
         if previous.scope.key is not None and previous.scope.key not in view.names:
             raise ColumnError(f"stats.key: key column {previous.scope.key!r} of the artifact is not in the input")
+
+
+def _check_batches(cfg: Config, view: View, features: list[Any]) -> None:
+    """The partition scope's batching of the features, checked from the schema (an array's one data variable)."""
+    if cfg.stats.scope == "partition":
+        try:
+            view.check_batches([f.name for f in features])
+        except DataError as exc:
+            raise ConfigError(f"stats.scope: {exc}") from None
 
 
 def _key_columns(cfg: Config) -> list[str]:

@@ -85,6 +85,9 @@ class View(abc.ABC):
         Each item has shape ``(n_batches, len(names))``.
         """
 
+    def check_batches(self, names: Sequence[Any]) -> None:
+        """Raise a :class:`DataError` if the partition scope cannot batch ``names`` (from the schema alone)."""
+
     @abc.abstractmethod
     def transform(self, names: Sequence[Any], fn: ValueMap) -> Any:
         """A collection of the same kind with the features ``names`` mapped by ``fn``.
@@ -315,13 +318,20 @@ class XarrayView(View):
 
     def batch_moments(self, names: Sequence[Any], batch_rows: int | None) -> list[Any]:
         self.positions(names)
+        return self._batch_owner(names).batch_moments(names, batch_rows)
+
+    def check_batches(self, names: Sequence[Any]) -> None:
+        self._batch_owner(names)
+
+    def _batch_owner(self, names: Sequence[Any]) -> ArrayView:
+        """The one data variable holding ``names``: the partition scope's batches are its chunks."""
         owners = [part for part in self.parts.values() if set(part.names) & set(names)]
         if len(owners) > 1:
             raise DataError(
                 "scope 'partition' needs one data variable (its chunks are the batches); "
                 f"the rules match {len(owners)} variables: select one with input.variables"
             )
-        return owners[0].batch_moments(names, batch_rows)
+        return owners[0]
 
     def transform(self, names: Sequence[Any], fn: ValueMap) -> Any:
         self.positions(names)
@@ -332,10 +342,23 @@ class XarrayView(View):
                 continue
             scaled = part.map_features(names, fn)
             if self.is_dataset:
-                out[var] = out[var].copy(data=scaled)
+                out[var] = _new_values(out[var], scaled)
             else:
-                out = out.copy(data=scaled)
+                out = _new_values(out, scaled)
         return out
+
+
+def _new_values(array: Any, values: Any) -> Any:
+    """``array`` holding ``values`` (scaled), without the encoding that stored the old ones.
+
+    An input's on-disk encoding (an integer ``dtype``, CF packing with
+    ``scale_factor``/``add_offset``, a ``_FillValue``, lossy filters) fits its
+    values, not scaled ones: kept, it made ``to_zarr`` round the scaled values
+    back into integers or the input's packing.
+    """
+    out = array.copy(data=values)
+    out.encoding = {}
+    return out
 
 
 def _refuse_repeats(names: Sequence[Any], where: str) -> None:

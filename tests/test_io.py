@@ -924,6 +924,19 @@ def test_verify_output_finds_a_missing_or_short_zarr_chunk(tmp_path, sync):
         verify_output(str(dest))
 
 
+def test_verify_output_finds_a_zarr_variable_stored_with_another_dtype(tmp_path, sync):
+    """A scaled int32 variable written back as int32 (its values rounded)
+    passed, although the manifest recorded float64."""
+    dest = tmp_path / "out.zarr"
+    write_array(make_dataset(), str(dest))
+    document = json.loads((dest / "_SUCCESS").read_text())
+    assert document["variables"]["t"]["dtype"] == "float32"
+    document["variables"]["t"]["dtype"] = "float64"  # the store holds other values than were written
+    (dest / "_SUCCESS").write_text(json.dumps(document))
+    with pytest.raises(OutputError, match="variable 't' reads as float32, where float64 values were written"):
+        verify_output(str(dest))
+
+
 def test_write_text_atomic(tmp_path, monkeypatch):
     target = tmp_path / "stats" / "stats.json"
     write_text_atomic(str(target), '{"a": 1}')
