@@ -470,30 +470,42 @@ class Model:
         Plain numpy arrays (``weight``, ``bias``, ``running_mean``,
         ``running_var``, ``num_batches_tracked``): convert with
         ``{k: torch.as_tensor(v) for k, v in sd.items()}`` and
-        ``load_state_dict``. scalepipe does not import torch. Without the
-        partition scope, the running statistics are the global mean and the
-        (biased) global variance that :meth:`transform` uses, so the module
-        in eval mode gives the same outputs; ``num_batches_tracked`` is 0.
+        ``load_state_dict``. scalepipe does not import torch. The running
+        statistics are those :meth:`transform` uses (the global mean and
+        biased variance, or with the partition scope the running ones unless
+        ``inference_stats="global"``), so the module in eval mode gives the
+        same outputs, within an ulp or two (it divides where scalepipe
+        multiplies by the inverse). A constant feature under
+        ``constant_policy="zero"`` gets weight and bias 0; under
+        ``"passthrough"``, running mean 0, running variance ``1 - eps`` and
+        weight 1, so the module returns the input.
 
         Raises
         ------
         ParameterError
-            No feature is scaled by a ``batchnorm`` rule.
+            No feature is scaled by a ``batchnorm`` rule, or the model has the
+            key scope (per-key statistics, which one module cannot hold).
         """
         idx = [i for i, f in enumerate(self.features) if isinstance(self.scalers[f.rule], BatchNorm)]
         if not idx:
             raise ParameterError("scalers", "no feature is scaled by a batchnorm rule; nothing to export")
+        if self.groups is not None:
+            raise ParameterError(
+                "scope", "a key-scope model has statistics per key, which one BatchNorm1d cannot hold; export a global- or partition-scope model"
+            )
         norms = [self.scalers[self.features[i].rule] for i in idx]
-        if self.batches is not None:
-            mean, var, tracked = self.batches.running.mean[idx], self.batches.running.var[idx], self.batches.running.num_batches
-        else:
-            mean, var, tracked = self.moments.mean[idx], self.moments.var(0)[idx], 0
+        m = self._inference_moments()
+        running = self.batches is not None and self.scope.inference_stats == "running"
+        policy = np.array([b.constant_policy for b in norms])
+        constant = m.is_constant()[idx]
+        zero, keep = constant & (policy == "zero"), constant & (policy == "passthrough")
+        eps = np.array([b.eps for b in norms], dtype=np.float64)
         return {
-            "weight": np.array([b.gamma for b in norms]),
-            "bias": np.array([b.beta for b in norms]),
-            "running_mean": np.asarray(mean, dtype=np.float64),
-            "running_var": np.asarray(var, dtype=np.float64),
-            "num_batches_tracked": np.array(tracked, dtype=np.int64),
+            "weight": np.where(zero, 0.0, np.where(keep, 1.0, [b.gamma for b in norms])),
+            "bias": np.where(zero | keep, 0.0, [b.beta for b in norms]),
+            "running_mean": np.where(keep, 0.0, m.mean[idx]),
+            "running_var": np.where(keep, 1.0 - eps, m.var(0)[idx]),
+            "num_batches_tracked": np.array(self.batches.running.num_batches if running else 0, dtype=np.int64),
         }
 
     def summary(self) -> list[dict[str, Any]]:

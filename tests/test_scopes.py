@@ -273,6 +273,46 @@ def test_torch_export_of_a_global_model_matches_transform():
     np.testing.assert_allclose(bn(torch.as_tensor(x)).detach().numpy(), model.transform(x), rtol=1e-12, atol=1e-12)
 
 
+def batchnorm_eval(sd: dict[str, np.ndarray], x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """``torch.nn.BatchNorm1d`` in eval mode, as PyTorch documents it."""
+    return (x - sd["running_mean"]) / np.sqrt(sd["running_var"] + eps) * sd["weight"] + sd["bias"]
+
+
+def test_torch_export_holds_the_statistics_and_constant_policies_transform_uses():
+    """It exported the running statistics under inference_stats='global'
+    (outputs off by units) and a constant column's statistics under
+    constant_policy zero or passthrough (316 where scalepipe gives 0 or the
+    input); a key-scope model exported its global statistics."""
+    rng = np.random.default_rng(21)
+    x = np.vstack([rng.normal(0, 1, (100, 1)), rng.normal(5, 3, (100, 1))])
+    flat = np.column_stack([np.full(6, 3.0), np.full(6, 3.0), rng.normal(1, 2, 6)])
+    shifted = flat + np.array([1.0, -2.5, 0.5])
+    cases = [
+        (sp.fit(x, [sp.BatchNorm()], scope="partition", batch_rows=100, inference_stats="global"), x),
+        (sp.fit(x, [sp.BatchNorm()], scope="partition", batch_rows=100), x),
+        (sp.fit(flat, [sp.BatchNorm([0], constant_policy="zero"), sp.BatchNorm([1], constant_policy="passthrough"), sp.BatchNorm([2])]), shifted),
+    ]
+    for model, data in cases:
+        sd = model.to_torch_state_dict()
+        # tolerance: an ulp or two (the module divides where scalepipe multiplies by the inverse)
+        np.testing.assert_allclose(batchnorm_eval(sd, data), model.transform(data), rtol=1e-13, atol=1e-13)
+    assert batchnorm_eval(cases[2][0].to_torch_state_dict(), shifted)[:, :2].tolist() == [[0.0, 0.5]] * 6
+    torch = pytest.importorskip("torch")
+    for model, data in cases:
+        bn = torch.nn.BatchNorm1d(data.shape[1], eps=1e-5).double()
+        bn.load_state_dict({k: torch.as_tensor(v) for k, v in model.to_torch_state_dict().items()})
+        bn.eval()
+        np.testing.assert_allclose(bn(torch.as_tensor(data)).detach().numpy(), model.transform(data), rtol=1e-13, atol=1e-13)
+
+
+def test_a_key_scope_model_has_no_torch_export():
+    from scalepipe.errors import ParameterError
+
+    df = pd.DataFrame({"k": [1, 2] * 5, "v": np.arange(10.0)})
+    with pytest.raises(ParameterError, match="scope: a key-scope model has statistics per key"):
+        sp.fit(df, [sp.BatchNorm(["v"])], scope="key", key="k").to_torch_state_dict()
+
+
 def test_key_scope_needs_its_key_column_and_never_scales_it():
     """A key model given data without the key column says so, naming it
     (it raised a bare KeyError, or said the fitted columns were missing for
