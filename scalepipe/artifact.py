@@ -57,13 +57,48 @@ def encode_floats(values: Sequence[float]) -> list[float | str]:
 
 
 def decode_floats(values: Sequence[float | str | int]) -> list[float]:
-    """Inverse of :func:`encode_floats`."""
-    return [_NONFINITE[v] if isinstance(v, str) else float(v) for v in values]
+    """Inverse of :func:`encode_floats`.
+
+    Raises
+    ------
+    ValueError
+        ``values`` is not a list of numbers and the strings ``"NaN"``,
+        ``"Infinity"``, ``"-Infinity"`` (or a number is beyond float64).
+    """
+    if not isinstance(values, list):
+        raise ValueError(f"expected a list of numbers, got {type(values).__name__}")
+    out = []
+    for v in values:
+        if isinstance(v, str) and v in _NONFINITE:
+            out.append(_NONFINITE[v])
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            try:
+                out.append(float(v))
+            except OverflowError:
+                raise ValueError(f"a number of {len(str(abs(v)))} digits is beyond float64") from None
+        else:
+            raise ValueError(f"{v!r} is not a number")
+    return out
 
 
 def _canonical(doc: dict[str, Any]) -> bytes:
     body = {k: v for k, v in doc.items() if k != "checksum"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+class _NonFiniteNumber(ValueError):
+    """A JSON number token that is not a finite float64 (``NaN``, ``Infinity``, ``1e999``)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFiniteNumber(text)
+    return value
+
+
+def _refuse_constant(text: str) -> float:
+    raise _NonFiniteNumber(text)
 
 
 def checksum(doc: dict[str, Any]) -> str:
@@ -96,16 +131,21 @@ def read_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path}: cannot read statistics file: {err}") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
     except json.JSONDecodeError as err:
         raise ArtifactError(
             f"{path}: not valid JSON at line {err.lineno} column {err.colno} (truncated or corrupt?)"
+        ) from None
+    except _NonFiniteNumber as err:
+        raise ArtifactError(
+            f"{path}: holds the number {err}, which scalepipe never writes (it stores non-finite values as the "
+            'strings "NaN", "Infinity", "-Infinity"): the file was edited or re-serialised'
         ) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise ArtifactError(f"{path}: not a scalepipe statistics file (format {found!r}, expected {FORMAT!r})")
     version = doc.get("schema_version")
-    if not isinstance(version, int) or version < 1:
+    if type(version) is not int or version < 1:
         raise ArtifactError(f"{path}: invalid schema_version {version!r}")
     if version > SCHEMA_VERSION:
         raise ArtifactError(

@@ -105,6 +105,8 @@ class Scaler(abc.ABC):
     constant_policy: ConstantPolicy = "unit_scale"
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # numpy scalars (np.where's positions, np.float32 gammas) as Python ones
+            object.__setattr__(self, f.name, plain(getattr(self, f.name)))
         if isinstance(self.columns, (str, int)):
             object.__setattr__(self, "columns", (self.columns,))
         elif self.columns is not None:
@@ -308,6 +310,17 @@ def decimal_exponent(absmax: float) -> int:
     while exact < Fraction(10) ** (j - 1):
         j -= 1
     return j
+
+
+def plain(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as the Python scalars and tuples they hold (which JSON can store)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return tuple(value.tolist()) if value.ndim else value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
 
 
 def _numbers(values: object) -> tuple[float, ...] | None:

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ from . import artifact
 from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
 from .maps import AffineMap, BatchMap, KeyMap, unseen_mask
-from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, affine_dtype, scaler_from_dict
+from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, affine_dtype, plain, scaler_from_dict
 from .exact import ExactSums, from_lists, to_lists
 from .stats import ExactMoments, Moments, NonFiniteError, merge, merge_all
 from .views import View, view_of
@@ -80,6 +81,8 @@ class Scope:
     key: Any = None
 
     def __post_init__(self) -> None:
+        for name in ("batch_rows", "min_batch_rows", "key"):  # numpy scalars as Python ones, which JSON can store
+            object.__setattr__(self, name, plain(getattr(self, name)))
         if self.kind not in ("global", "partition", "key"):
             raise ParameterError("scope", f"{self.kind!r} is not one of 'global', 'partition', 'key'")
         if self.inference_stats not in ("running", "global"):
@@ -596,16 +599,19 @@ class Model:
         tables = tables or {}
         try:
             scalers = [scaler_from_dict(d) for d in doc["scalers"]]
-            features = [Feature(f["name"], f["dtype"], int(f["rule"])) for f in doc["features"]]
+            features = [Feature(f["name"], f["dtype"], _whole(f["rule"], f"features[{i}].rule")) for i, f in enumerate(doc["features"])]
             moments = _moments_from_document(doc["statistics"])
-            params = Affine(*(np.array(artifact.decode_floats(doc["parameters"][k])) for k in _AFFINE_FIELDS))
+            params = Affine(*(np.array(_floats(doc["parameters"][k], f"parameters.{k}")) for k in _AFFINE_FIELDS))
             if moments.shape != (len(features),) or params.center.shape != (len(features),):
                 raise ValueError("statistics do not match the features")
             scope = Scope(**doc.get("scope", {}))
             batches = _batches_from_document(doc["batches"], tables) if doc.get("batches") else None
             groups = _groups_from_document(doc["groups"], tables) if doc.get("groups") else None
             exact = from_lists(doc["exact_sums"]) if doc.get("exact_sums") else None
-        except (KeyError, TypeError, ValueError, ParameterError) as err:
+            _check_parts(scalers, features, moments, params, batches, groups, exact)
+        except KeyError as err:
+            raise ArtifactError(f"{source}: malformed statistics file: missing field {err}") from None
+        except (TypeError, ValueError, OverflowError, ParameterError) as err:
             raise ArtifactError(f"{source}: malformed statistics file: {err}") from None
         meta = {k: doc.get(k) for k in ("created", "config_hash", "input_fingerprint", "data_kind", "reduce_dims", "feature_dims")}
         return cls(scalers, features, doc.get("passthrough", []), moments, params, meta, scope, batches, groups, exact)
@@ -626,11 +632,78 @@ def _moments_document(m: Moments) -> dict[str, list[Any]]:
     return {k: encode(v) for k, v in m.to_dict().items()}
 
 
-def _moments_from_document(d: dict[str, list[Any]]) -> Moments:
-    def decode(v: list[Any]) -> list[Any]:
-        return [decode(row) if isinstance(row, list) else row for row in v] if v and isinstance(v[0], list) else artifact.decode_floats(v)
+def _moments_from_document(d: dict[str, list[Any]], where: str = "statistics") -> Moments:
+    def decode(v: list[Any], name: str) -> list[Any]:
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            return [decode(row, name) for row in v]
+        if name in ("count", "nan_count"):
+            return [_whole(c, f"{where}.{name}") for c in v] if isinstance(v, list) else _whole(v, f"{where}.{name}")
+        return _floats(v, f"{where}.{name}")
 
-    return Moments.from_dict({k: (v if k in ("count", "nan_count") else decode(v)) for k, v in d.items()})
+    return Moments.from_dict({k: decode(v, k) for k, v in d.items()})
+
+
+def _floats(values: Any, where: str) -> list[float]:
+    """:func:`artifact.decode_floats`, its error naming the field."""
+    try:
+        return artifact.decode_floats(values)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _whole(value: Any, where: str) -> int:
+    """A JSON integer (not a boolean, a float or a string)."""
+    if type(value) is not int:
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    return value
+
+
+def _check_parts(
+    scalers: list[Scaler],
+    features: list[Feature],
+    moments: Moments,
+    params: Affine,
+    batches: BatchStats | None,
+    groups: KeyTable | None,
+    exact: ExactSums | None,
+) -> None:
+    """Refuse a document whose parts do not fit together.
+
+    Its checksum shows that it was not damaged by accident, not that it was
+    made by scalepipe: anyone can recompute it after an edit.
+    """
+    n = len(features)
+    for i, f in enumerate(features):
+        if not 0 <= f.rule < len(scalers):
+            raise ValueError(f"features[{i}].rule is {f.rule}, but there are {len(scalers)} scalers")
+    names = [repr(f.name) for f in features]
+    if len(set(names)) < n:
+        raise ValueError(f"feature name {next(x for x in names if names.count(x) > 1)} appears more than once")
+    _check_moments("statistics", moments, (n,))
+    for k in _AFFINE_FIELDS:
+        v = getattr(params, k)
+        if v.shape != (n,):
+            raise ValueError(f"parameters.{k} has {v.size} values for {n} features")
+        if np.isnan(v).any():
+            raise ValueError(f"parameters.{k} holds NaN")
+    if (params.lo > params.hi).any():
+        raise ValueError("parameters: a clip bound lo is above its hi")
+    if batches is not None:
+        _check_moments("batches.statistics", batches.moments, (len(batches.labels), n))
+        if batches.running.mean.shape != (n,) or batches.running.var.shape != (n,):
+            raise ValueError(f"batches.running: the running statistics are not one per feature ({n})")
+    if groups is not None:
+        _check_moments("groups.statistics", groups.moments, (len(groups.keys), n))
+    if exact is not None and exact.shape != (n,):
+        raise ValueError(f"exact_sums has shape {list(exact.shape)} for {n} features")
+
+
+def _check_moments(where: str, m: Moments, shape: tuple[int, ...]) -> None:
+    for k, v in m.to_dict().items():
+        if v.shape != shape:
+            raise ValueError(f"{where}.{k} has shape {list(v.shape)}, expected {list(shape)}")
+    if (m.count < 0).any() or (m.nan_count < 0).any():
+        raise ValueError(f"{where}: a count is negative")
 
 
 def _batches_document(b: BatchStats) -> dict[str, Any]:
@@ -648,7 +721,9 @@ def _batches_document(b: BatchStats) -> dict[str, Any]:
 def _batches_from_document(d: dict[str, Any], tables: dict[str, np.ndarray]) -> BatchStats:
     run = d["running"]
     running = Running(
-        np.array(artifact.decode_floats(run["mean"])), np.array(artifact.decode_floats(run["var"])), int(run["num_batches_tracked"])
+        np.array(_floats(run["mean"], "batches.running.mean")),
+        np.array(_floats(run["var"], "batches.running.var")),
+        _whole(run["num_batches_tracked"], "batches.running.num_batches_tracked"),
     )
     if d["statistics"] == "in tables":
         return BatchStats(_table_moments("batches", tables), [str(v) for v in tables["batches.labels"]], running)
@@ -662,7 +737,7 @@ def _tables_file_of(path: str | os.PathLike[str]) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     name = ref.get("file") if isinstance(ref, dict) else None
-    return name if isinstance(name, str) and re.fullmatch(r"scalepipe-tables\.[0-9a-f]{16}\.npz", name) else None
+    return name if isinstance(name, str) and re.fullmatch(_TABLES_NAME, name) else None
 
 
 def _remove_if_unreferenced(folder: Path, name: str) -> None:
@@ -759,17 +834,30 @@ def _key_array(keys: Any) -> np.ndarray:
     )
 
 
+#: The side-tables file an artifact names (in its own folder).
+_TABLES_NAME = r"scalepipe-tables\.[0-9a-f]{16}\.npz"
+
+
 def _read_tables(path: Path, ref: dict[str, str]) -> dict[str, np.ndarray]:
     """The side tables an artifact references, verified against its recorded hash."""
-    file = path.expanduser().parent / ref["file"]
+    name = ref.get("file") if isinstance(ref, dict) else None
+    if not (isinstance(name, str) and re.fullmatch(_TABLES_NAME, name) and isinstance(ref.get("sha256"), str)):
+        raise ArtifactError(
+            f"{path}: malformed statistics file: tables must name a file scalepipe-tables.<hex>.npz beside it and its "
+            f"sha256, got {ref!r}"
+        )
+    file = path.expanduser().parent / name
     try:
         data = file.read_bytes()
     except OSError as err:
         raise ArtifactError(f"{path}: its tables file {file} cannot be read ({err.strerror or err}); keep it beside the JSON") from None
     if "sha256:" + hashlib.sha256(data).hexdigest() != ref["sha256"]:
         raise ArtifactError(f"{path}: its tables file {file} does not match the recorded checksum (edited or corrupt)")
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as err:  # not an .npz, or object arrays (never unpickled)
+        raise ArtifactError(f"{path}: its tables file {file} cannot be read as numeric tables: {err}") from None
 
 
 def _now() -> str:

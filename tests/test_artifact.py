@@ -6,6 +6,7 @@ import json
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,6 +130,82 @@ def test_never_unpickles(saved):
     _rewrite(path, poison)
     with pytest.raises(ArtifactError, match="malformed"):
         sp.load(path)
+
+
+def test_rules_and_scopes_given_numpy_scalars_save_and_load(tmp_path):
+    """Positions from np.where, an np.float32 gamma or an np.int64 batch size
+    were accepted by fit, then save failed with a raw TypeError (not JSON
+    serializable)."""
+    x = np.random.default_rng(0).normal(0, 1, (20, 3))
+    rules = [sp.ZScore(np.array([0, 2])), sp.BatchNorm([np.int64(1)], gamma=np.float32(2.0), momentum=np.float64(0.2))]
+    for model in (sp.fit(x, rules), sp.fit(x, scope="partition", batch_rows=np.int64(5), min_batch_rows=np.int64(3))):
+        model.save(tmp_path / "stats.json")
+        back = sp.load(tmp_path / "stats.json")
+        assert back.scalers == model.scalers and back.scope == model.scope
+        np.testing.assert_array_equal(back.transform(x), model.transform(x))
+    assert rules[0].columns == (0, 2) and type(rules[0].columns[0]) is int and type(rules[1].gamma) is float
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["features"][0].update(rule=7), r"features\[0\]\.rule is 7, but there are 2 scalers"),
+        (lambda d: d["features"][0].update(rule=True), r"features\[0\]\.rule: expected an integer, got True"),
+        (lambda d: d["parameters"]["scale"].pop(), "parameters.scale has 1 values for 2 features"),
+        (lambda d: d["statistics"]["m2"].pop(), r"statistics.m2 has shape \[1\], expected \[2\]"),
+        (lambda d: d["features"][1].update(name=0), "feature name 0 appears more than once"),
+        (lambda d: d.update(tables="x.npz"), "tables must name a file scalepipe-tables"),
+        (lambda d: d.update(tables={"file": "../x.npz", "sha256": "sha256:00"}), "tables must name a file scalepipe-tables"),
+        (lambda d: d["parameters"]["scale"].__setitem__(0, 10**400), "parameters.scale: a number of 401 digits is beyond float64"),
+        (lambda d: d["parameters"]["scale"].__setitem__(0, None), "parameters.scale: None is not a number"),
+        (lambda d: d["parameters"]["center"].__setitem__(0, "NaN"), "parameters.center holds NaN"),
+        (lambda d: d["statistics"]["count"].__setitem__(0, "3"), "statistics.count: expected an integer, got '3'"),
+        (lambda d: d["statistics"]["nan_count"].__setitem__(0, -1), "statistics: a count is negative"),
+        (lambda d: d["parameters"].update(lo=[1.0, 1.0], hi=[0.0, 2.0]), "parameters: a clip bound lo is above its hi"),
+    ],
+)
+def test_a_document_whose_parts_do_not_fit_is_refused_naming_the_field(tmp_path, edit, message):
+    """The checksum only shows a file was not damaged by accident (anyone can
+    recompute it): such documents loaded, then failed later with raw
+    IndexErrors, or transformed with the wrong statistics."""
+    sp.fit(np.array([[1.0, 10], [3, 30], [2, 5]]), [sp.MinMax([0]), sp.ZScore([1])]).save(tmp_path / "stats.json")
+
+    def change(d):
+        edit(d)
+        d["checksum"] = checksum(d)
+
+    _rewrite(tmp_path / "stats.json", change)
+    with pytest.raises(ArtifactError, match="stats.json: malformed statistics file: " + message):
+        sp.load(tmp_path / "stats.json")
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_bare_non_finite_json_number_is_refused_naming_the_file(saved, token):
+    """What json.dump writes for a NaN by default: a raw ValueError that named no file."""
+    _, path = saved
+    text = path.read_text()
+    first = re.search(r'"m2": \[\s*([-0-9.e+]+)', text)
+    path.write_text(text[: first.start(1)] + token + text[first.end(1) :])
+    with pytest.raises(ArtifactError, match=f"stats.json: holds the number {re.escape(token)}, which scalepipe never writes"):
+        sp.load(path)
+
+
+def test_a_side_tables_file_that_is_not_numeric_tables_is_refused(tmp_path):
+    import hashlib
+
+    keys = pd.DataFrame({"k": np.arange(40_002) % 20_001, "v": np.arange(40_002.0)})  # beyond INLINE_TABLE_VALUES
+    sp.fit(keys, scope="key", key="k").save(tmp_path / "stats.json")
+    doc = json.loads((tmp_path / "stats.json").read_text())
+    table = tmp_path / doc["tables"]["file"]
+    table.write_bytes(b"not a zip")
+
+    def rehash(d):
+        d["tables"]["sha256"] = "sha256:" + hashlib.sha256(b"not a zip").hexdigest()
+        d["checksum"] = checksum(d)
+
+    _rewrite(tmp_path / "stats.json", rehash)
+    with pytest.raises(ArtifactError, match="cannot be read as numeric tables"):
+        sp.load(tmp_path / "stats.json")
 
 
 def test_names_the_artifact_cannot_give_back_are_refused_at_save(tmp_path):
