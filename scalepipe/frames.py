@@ -22,8 +22,15 @@ def _in_place(dtype: object) -> bool:
 
 
 def is_numeric(dtype: object) -> bool:
-    """Whether a column of this dtype is scaled: integers and floats, nullable or not (not bool)."""
-    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+    """Whether a column of this dtype is scaled: integers and floats, nullable or not.
+
+    Not booleans, complex numbers (their imaginary part would be dropped;
+    numpy input refuses them too) or sparse columns.
+    """
+    api = pd.api.types
+    if isinstance(dtype, pd.SparseDtype) or api.is_complex_dtype(dtype) or api.is_bool_dtype(dtype):
+        return False
+    return api.is_numeric_dtype(dtype)
 
 
 def float_values(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
@@ -111,6 +118,9 @@ def map_columns(
 
 
 def output_dtype(dtype: object) -> np.dtype:
-    """The dtype a scaled column gets: float32 stays float32, everything else float64."""
-    np_dtype = getattr(dtype, "numpy_dtype", dtype)
-    return np.dtype(np.float32) if np.dtype(np_dtype) == np.float32 else np.dtype(np.float64)
+    """The dtype a scaled column gets: its float dtype (nullable ones as numpy's), float64 for integers.
+
+    As :func:`~scalepipe.methods.affine_dtype` for arrays.
+    """
+    np_dtype = np.dtype(getattr(dtype, "numpy_dtype", dtype))
+    return np_dtype if np_dtype.kind == "f" else np.dtype(np.float64)

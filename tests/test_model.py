@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import subprocess
 import sys
 import textwrap
@@ -161,6 +163,36 @@ def test_non_numeric_fitted_column_at_transform():
     model = sp.fit(df, RULES)
     with pytest.raises(ColumnError, match="'offset'.*not numeric"):
         model.transform(df.assign(offset="x"))
+
+
+@pytest.mark.filterwarnings("ignore::numpy.exceptions.ComplexWarning")
+def test_complex_and_sparse_frame_columns_are_not_numeric():
+    """A complex column was fitted and scaled by its real part (numpy input
+    refuses complex data); a sparse one failed with a raw TypeError."""
+    z = np.array([1 + 100j, 2 + 0j, 3 - 50j])
+    sparse = pd.arrays.SparseArray([0.0, 1.0, 0.0])
+    df = pd.DataFrame({"z": z, "s": sparse, "x": [1.0, 2.0, 3.0]})
+    model = sp.fit(df)
+    assert model.feature_names == ["x"]
+    out = model.transform(df)
+    assert out["z"].tolist() == z.tolist() and out["s"].dtype == sparse.dtype
+    for name, dtype in (("z", "complex128"), ("s", re.escape("Sparse[float64, nan]"))):
+        with pytest.raises(ColumnError, match=f"column '{name}' has dtype {dtype}, not numeric"):
+            sp.fit(df, [sp.MinMax([name])])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_frames_keep_the_float_dtype_arrays_keep(dtype):
+    """float16 came back float16 from arrays and float64 from frames."""
+    import dask.dataframe as dd
+
+    x = np.array([[1.0], [2.0], [4.0]], dtype=dtype)
+    model = sp.fit(x, [sp.MinMax()])
+    want = model.transform(x)
+    assert want.dtype == dtype
+    for got in (model.transform(pd.DataFrame(x)), model.transform(dd.from_pandas(pd.DataFrame(x), npartitions=1)).compute()):
+        assert got.dtypes.tolist() == [np.dtype(dtype)]
+        np.testing.assert_array_equal(got.to_numpy(), want)
 
 
 def test_repeated_column_names():
