@@ -89,7 +89,7 @@ class DriftThresholds:
                     raise ParameterError("variance_ratio", f"must be [low, high] with 0 <= low <= high, got {value!r}")
                 object.__setattr__(self, f.name, (float(pair[0]), float(pair[1])))
             elif not _is_number(value) or value < 0:
-                raise ParameterError(f.name, f"must be a non-negative number or null, got {value!r}")
+                raise ParameterError(f.name, f"must be a non-negative number, or null (off on the command line), got {value!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DriftThresholds:
