@@ -92,6 +92,8 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
             # a command that only prints is done; a job that was stopped by it has failed
             sys.exit(0 if func.__name__ in _PRINTING_COMMANDS else EXIT_ERROR)
+        except click.ClickException:
+            raise  # a usage error: click prints it with the usage line and exits 2
         except ScalepipeError as err:
             if debug:
                 traceback.print_exc()
@@ -329,7 +331,7 @@ def drift(
     stats_path = stats_path or (cfg.stats.path if cfg else None)
     input_path = input_path or (cfg.input.path if cfg else None)
     if stats_path is None or input_path is None:
-        raise ConfigError("drift: give a CONFIG, or both --stats and --input")
+        raise click.UsageError("give a CONFIG, or both --stats and --input")
     fmt = input_format or (cfg.input.format if cfg else "parquet")
     limits = DriftThresholds.from_overrides(thresholds)
     if json_path:

@@ -200,23 +200,18 @@ def _is_hidden(name: str) -> bool:
 def _data_files(path: str) -> list[str]:
     """The data files a table path names, in natural sorted order.
 
-    A directory is walked recursively; names starting with ``_`` or ``.``
-    (``_SUCCESS``, ``.crc`` files, ``_temporary`` folders) are skipped.
+    A directory, given or matched by a glob, is walked recursively; names
+    starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc`` files,
+    ``_temporary`` folders) are skipped.
     """
     local = _local(path)
     if _GLOB_CHARS.search(local):
-        files = [
-            f
-            for f in glob.glob(local, recursive=True)
-            if os.path.isfile(f) and not _is_hidden(os.path.basename(f))
-        ]
+        matches = [m for m in glob.glob(local, recursive=True) if not _is_hidden(os.path.basename(m))]
+        files = [f for m in matches for f in (_folder_files(m) if os.path.isdir(m) else [m])]
         if not files:
-            raise InputError(f"input path {path!r}: no files match this pattern")
+            raise InputError(f"input path {path!r}: no files match this pattern (or the folders it matches hold none)")
     elif os.path.isdir(local):
-        files = []
-        for root, dirs, names in os.walk(local):
-            dirs[:] = [d for d in dirs if not _is_hidden(d)]
-            files.extend(os.path.join(root, n) for n in names if not _is_hidden(n))
+        files = _folder_files(local)
         if not files:
             raise InputError(
                 f"input path {path!r} is a folder with no data files "
@@ -226,7 +221,16 @@ def _data_files(path: str) -> list[str]:
         files = [local]
     else:
         raise InputError(f"input path {path!r} does not exist")
-    return sorted(files, key=_natural_key)
+    return sorted(dict.fromkeys(files), key=_natural_key)
+
+
+def _folder_files(folder: str) -> list[str]:
+    """The data files under ``folder``, recursively (hidden names skipped)."""
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not _is_hidden(d)]
+        files.extend(os.path.join(root, n) for n in names if not _is_hidden(n))
+    return files
 
 
 # --------------------------------------------------------------------------
@@ -567,9 +571,16 @@ def _csv_number_dtype(sample: pd.Series, text: Callable[[], pd.Series]) -> str:
 
 def _csv_header(path: str) -> list[str]:
     try:
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        names = [str(c) for c in pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False).iloc[0]]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, IndexError) as exc:
         raise InputError(f"CSV file {path!r} has no readable header row: {exc}") from exc
+    repeated = next((n for n in names if names.count(n) > 1), None)
+    if repeated is not None:
+        raise InputError(
+            f"CSV file {path!r}: the header names column {repeated!r} {names.count(repeated)} times; "
+            "column names must be unique (pandas would rename the copies)"
+        )
+    return [n if n else f"Unnamed: {i}" for i, n in enumerate(names)]
 
 
 def _is_compressed(path: str) -> bool:
@@ -645,10 +656,12 @@ def _read_csv_part(
     wanted = list(meta.columns) if columns is None else list(columns)
     # nullable integer columns are read as text and converted exactly (see _csv_integers)
     dtypes = {c: str if meta[c].dtype.kind in "iu" else meta[c].dtype for c in wanted}
+    # every column wanted: no usecols, with which pandas drops a row's fields beyond the header's silently
+    usecols = None if set(wanted) == set(names) else wanted
     try:
         if length < 0:
             data = b""
-            df = pd.read_csv(path, usecols=wanted, dtype=dtypes)
+            df = pd.read_csv(path, usecols=usecols, dtype=dtypes)
         else:
             with open(path, "rb") as f:
                 data = read_block(f, offset, length, delimiter=b"\n")
@@ -656,9 +669,7 @@ def _read_csv_part(
                 data = data.split(b"\n", 1)[1] if b"\n" in data else b""
             if not data.strip():
                 return meta[wanted].copy()
-            df = pd.read_csv(
-                io.BytesIO(data), header=None, names=names, usecols=wanted, dtype=dtypes
-            )
+            df = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=usecols, dtype=dtypes)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         where = _csv_where(offset, length)
         try:  # name the column: read the block again as text

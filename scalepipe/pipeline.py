@@ -279,7 +279,10 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
     if writes_output:
         assert cfg.output is not None
         io.check_paths(cfg.input.path, cfg.output.path)
+        _check_writable("output.path", cfg.output.path)
+    if cfg.output is not None:  # also for fit: a later run with overwrite would delete the statistics
         placed.append(("output.path", cfg.output.path))
+    _check_writable("stats.path", cfg.stats.path)
     for key, other in placed:
         try:
             io.check_paths(other, cfg.stats.path)
@@ -287,6 +290,21 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
             raise ConfigError(
                 f"stats.path: {cfg.stats.path!r} overlaps {key} {other!r}; write the statistics outside it"
             ) from None
+
+
+def _check_writable(key: str, path: str) -> None:
+    """The folder ``path`` goes into exists and is writable, or can be made in its nearest existing ancestor.
+
+    Checked before any work: found when writing, such a path failed after
+    the whole fit pass.
+    """
+    folder = Path(os.path.expanduser(path)).absolute().parent
+    while not os.path.lexists(folder):
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: {path!r} cannot be written: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {path!r} cannot be written: the folder {str(folder)!r} is not writable (permissions, or a read-only filesystem)")
 
 
 def _existing_output_problem(cfg: Config) -> str | None:

@@ -504,6 +504,12 @@ def test_help_for_every_command(subcommand):
         assert "--update" in result.output
 
 
+def test_drift_without_its_inputs_is_a_usage_error():
+    """It exited 1 as a job error; README: a missing argument is a usage error (2)."""
+    result = CliRunner().invoke(main, ["drift"])
+    assert result.exit_code == 2 and "give a CONFIG, or both --stats and --input" in result.output
+
+
 def test_version(tmp_path):
     result = scalepipe("--version", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == f"scalepipe, version {sp.__version__}"

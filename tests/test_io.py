@@ -358,6 +358,33 @@ def test_a_value_a_large_integer_csv_column_cannot_hold_is_named(tmp_path, sync,
         src.frame.compute()
 
 
+def test_a_csv_row_with_more_fields_than_the_header_is_an_error(tmp_path, sync):
+    """pandas' usecols dropped the extra value silently (lost from the output)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.csv").write_text("a,b,s\n1,10,x\n2,20,y\n3,30,z,EXTRA\n")
+    with pytest.raises(InputError, match=r"x\.csv' .*cannot be parsed: .*Expected 3 fields"):
+        read_table(str(tmp_path / "in"), "csv").frame.compute()
+
+
+def test_a_csv_header_naming_a_column_twice_is_an_error(tmp_path):
+    """pandas renamed the copy ('a.1'), which was written as the output's header."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.csv").write_text("a,a,b\n1,2,3\n")
+    with pytest.raises(InputError, match=r"x\.csv': the header names column 'a' 2 times"):
+        read_table(str(tmp_path / "in"), "csv")
+
+
+def test_a_glob_matching_folders_reads_them_recursively(tmp_path, sync):
+    """Folders matched by a glob were skipped (only-folder matches: 'no files match')."""
+    for i, sub in enumerate(["day1", "day2", "day2/late"]):
+        (tmp_path / sub).mkdir(parents=True)
+        make_frame(i, 3).to_parquet(tmp_path / sub / f"part.{i}.parquet")
+    make_frame(9, 3).to_parquet(tmp_path / "extra.parquet")
+    src = read_table(str(tmp_path / "day*"), "parquet")
+    assert [Path(f).relative_to(tmp_path).as_posix() for f in src.paths] == ["day1/part.0.parquet", "day2/late/part.2.parquet", "day2/part.1.parquet"]
+    assert len(read_table(str(tmp_path / "*"), "parquet").paths) == 4
+
+
 def test_read_compressed_csv_whole_file(tmp_path, sync):
     (tmp_path / "in").mkdir()
     df = make_frame(0, 40)

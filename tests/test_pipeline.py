@@ -325,6 +325,28 @@ def test_bad_jobs_fail_before_any_work(tmp_path, csv_input, override, error, fra
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("key", ["stats.path", "output.path"])
+def test_a_path_that_cannot_be_written_fails_before_any_work(tmp_path, csv_input, key):
+    """Found when writing, after the whole fit pass; validate said ok."""
+    folder, _ = csv_input
+    (tmp_path / "afile").write_text("x")
+    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}", f"{key}={tmp_path / 'afile' / 'sub' / 'x.json'}")
+    message = f"{key}: .* cannot be written: .*afile' is a file, not a folder"
+    with pytest.raises(ConfigError, match=message):
+        validate_job(cfg)
+    with pytest.raises(ConfigError, match=message):
+        run_job(cfg, "run", scheduler="tcp://127.0.0.1:9")  # never reached: the checks come first
+
+
+def test_fit_refuses_statistics_inside_the_output(tmp_path, csv_input):
+    """fit wrote them there (validate and transform refused the same config),
+    and a later run with overwrite: true deleted them."""
+    folder, _ = csv_input
+    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}", f"stats.path={tmp_path / 'out' / 'stats.json'}")
+    with pytest.raises(ConfigError, match="stats.path: .* overlaps output.path"):
+        run_job(cfg, "fit", scheduler="tcp://127.0.0.1:9")
+
+
 def test_transform_checks_the_artifact_columns_before_any_work(tmp_path, csv_input):
     folder, df = csv_input
     sp.fit(df.drop(columns=["customer_id", "segment"]).assign(extra=1.0)).save(tmp_path / "stats.json")
