@@ -176,6 +176,9 @@ def resolve_columns(view: View, scalers: Sequence[Scaler], exclude: Sequence[Any
         for n in claimed:
             rule_of[n] = i
     features = [Feature(n, dtype[n], rule_of[n]) for n in view.names if n in rule_of]
+    unmatchable = next((f.name for f in features if isinstance(f.name, float) and f.name != f.name), None)
+    if unmatchable is not None:
+        raise ColumnError(f"column {unmatchable!r}: a NaN label equals no label, so a transform could not find it; rename the column")
     passthrough = [n for n in view.names if numeric[n] and n not in rule_of]
     return features, passthrough
 

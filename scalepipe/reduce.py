@@ -212,7 +212,8 @@ def _nd_block_batches(
     block: np.ndarray, n_reduce: int, names: list[Any], batch_rows: int | None, positions: np.ndarray
 ) -> Moments:
     rows = int(np.prod(block.shape[:n_reduce], dtype=np.int64))
-    flat = np.reshape(block, (rows, -1))[:, positions]
+    cells = int(np.prod(block.shape[n_reduce:], dtype=np.int64))  # not -1: an empty block has no shape to infer
+    flat = np.reshape(block, (rows, cells))[:, positions]
     return batch_moments(flat, batch_rows, names)
 
 

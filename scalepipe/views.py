@@ -419,6 +419,11 @@ def view_of(
                 "reshape it, or wrap it in an xarray.DataArray to name the dims to reduce over"
             )
         n = data.shape[1]
+        if n != n:
+            raise DataError(
+                "the array's number of columns is unknown (NaN); give it known chunk sizes first "
+                "(x.compute_chunk_sizes(), or the shape to da.from_delayed)"
+            )
         names = list(feature_names) if feature_names is not None else list(range(n))
         if len(names) != n:
             raise DataError(f"feature_names has {len(names)} names for an array of {n} columns")

@@ -194,6 +194,22 @@ def test_frames_keep_the_float_dtype_arrays_keep(dtype):
         np.testing.assert_array_equal(got.to_numpy(), want)
 
 
+def test_labels_the_model_could_not_find_again_are_refused_at_fit():
+    """A NaN column label was fitted, then the same frame could not be
+    transformed ('nan were fitted but are not in the data (it has nan, ...)');
+    an array of unknown width failed with a raw TypeError."""
+    import dask
+    import dask.array as da
+
+    with pytest.raises(ColumnError, match="column nan: a NaN label equals no label"):
+        sp.fit(pd.DataFrame({np.nan: [1.0, 2.0, 4.0], 1.0: [10.0, 20.0, 40.0]}))
+    x = np.arange(20.0).reshape(10, 2)
+    unknown = da.from_delayed(dask.delayed(lambda: x)(), shape=(np.nan, np.nan), dtype=float)
+    for call in (lambda: sp.fit(unknown), lambda: sp.fit(x).transform(unknown)):
+        with pytest.raises(DataError, match=r"number of columns is unknown \(NaN\)"):
+            call()
+
+
 def test_repeated_column_names():
     """A repeated name cannot be fitted (which column?) and is refused by name; one
     that is only passed through keeps both columns, in place."""

@@ -363,6 +363,27 @@ def test_partition_scope_skips_an_empty_partition():
     np.testing.assert_allclose(out.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-14)
 
 
+def test_partition_scope_skips_an_empty_array_chunk():
+    """A chunk emptied by a boolean filter (or given as 0 rows) failed with a
+    raw 'cannot reshape array of size 0'; frames skipped such partitions."""
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    x = np.random.default_rng(4).normal(3, 2, (40, 2))
+    keep = np.ones(40, bool)
+    keep[10:20] = False
+    filtered = da.from_array(x, chunks=(10, 2))[da.from_array(keep, chunks=10)]
+    given = xr.DataArray(x[keep], dims=("t", "c")).chunk({"t": (10, 0, 10, 10)})
+    expected = np.vstack([(b - b.mean(0)) / b.std(0) for b in (x[:10], x[20:30], x[30:])])
+    with dask.config.set(scheduler="sync"):
+        for data in (filtered, given):
+            model = sp.fit(data, [sp.ZScore()], scope="partition")
+            assert model.batches.labels == ["partition 0 batch 0", "partition 2 batch 0", "partition 3 batch 0"]
+            out = np.asarray(model.transform(data, stats="batch").compute())
+            np.testing.assert_allclose(out, expected, rtol=0, atol=1e-14)
+
+
 def test_partition_numbers_continue_after_an_empty_partition_and_no_rows_is_an_error():
     import dask
     import dask.dataframe as dd
