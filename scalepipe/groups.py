@@ -86,8 +86,9 @@ def key_moments(keys: Any, x: np.ndarray, names: Sequence[object] | None = None)
         pivot = np.bincount(c, weights=v, minlength=k) / safe
         dev = v - pivot[c]
         s = np.bincount(c, weights=dev, minlength=k)
-        q = np.bincount(c, weights=dev * dev, minlength=k)
-        fields["m2"][:, j] = np.maximum(q - s * (s / safe), 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):  # m2 beyond float64 is refused where a rule needs it
+            q = np.bincount(c, weights=dev * dev, minlength=k)
+            fields["m2"][:, j] = np.maximum(q - s * (s / safe), 0.0)
         fields["mean"][:, j], fields["mean_lo"][:, j] = _two_sum(pivot, s / safe)
         lo, hi = np.full(k, np.nan), np.full(k, np.nan)
         np.fmin.at(lo, c, v)

@@ -434,29 +434,34 @@ class Model:
         """
         view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
         names = self.feature_names
-        if self.groups is not None:
-            from .groups import merge_tables
+        before = (self.moments, self.exact, self.batches, self.groups)
+        try:  # a failure (new rows whose statistics cannot be scaled) leaves the model as it was
+            if self.groups is not None:
+                from .groups import merge_tables
 
-            new, table = _compute_keyed(view, names, self.scope.key)
-            self.groups = merge_tables(self.groups, table).sorted()
-        elif self.exact is not None:
-            both = merge(ExactMoments(self.moments, self.exact), _compute(view, names, exact=True))
-            self.moments, self.exact = both.finish(), both.sums
-            new = None
-        elif self.batches is None:
-            new = _compute(view, names)
-        else:
-            first = 1 + max((int(label.split()[1]) for label in self.batches.labels), default=-1)
-            table, labels = _batch_table(view, names, self.scope, partition_labels, first)
-            new = merge_all([table.row(i) for i in range(len(labels))])
-            self.batches = BatchStats(
-                Moments.concat([self.batches.moments, table], axis=0),
-                self.batches.labels + labels,
-                running_stats(table, _momenta(self.scalers, self.features), self.batches.running),
-            )
-        if new is not None:
-            self.moments = merge(self.moments, new)
-        self.params = self._derive_params()
+                new, table = _compute_keyed(view, names, self.scope.key)
+                self.groups = merge_tables(self.groups, table).sorted()
+            elif self.exact is not None:
+                both = merge(ExactMoments(self.moments, self.exact), _compute(view, names, exact=True))
+                self.moments, self.exact = both.finish(), both.sums
+                new = None
+            elif self.batches is None:
+                new = _compute(view, names)
+            else:
+                first = 1 + max((int(label.split()[1]) for label in self.batches.labels), default=-1)
+                table, labels = _batch_table(view, names, self.scope, partition_labels, first)
+                new = merge_all([table.row(i) for i in range(len(labels))])
+                self.batches = BatchStats(
+                    Moments.concat([self.batches.moments, table], axis=0),
+                    self.batches.labels + labels,
+                    running_stats(table, _momenta(self.scalers, self.features), self.batches.running),
+                )
+            if new is not None:
+                self.moments = merge(self.moments, new)
+            self.params = self._derive_params()
+        except BaseException:
+            self.moments, self.exact, self.batches, self.groups = before
+            raise
         self.meta["created"] = _now()
         self.meta["input_fingerprint"] = None
         return self

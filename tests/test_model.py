@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -141,6 +142,25 @@ def test_partial_fit_equals_one_fit(seed, cuts):
     for piece in pieces[1:]:
         model.partial_fit(piece)
     assert_same_model(model, sp.fit(df, RULES))
+
+
+@pytest.mark.parametrize("scope", ["global", "exact", "partition", "key"])
+def test_a_failed_partial_fit_leaves_the_model_unchanged(tmp_path, scope):
+    """The rejected rows were merged into the statistics before the
+    parameters failed: the model kept transforming with the old parameters,
+    and saved statistics that included the rows."""
+    df = pd.DataFrame({"k": [1, 1, 1, 2], "x": [1.0, 2.0, 3.0, 2.5]})
+    kwargs = {"exact": {"exact": True}, "partition": {"scope": "partition"}, "key": {"scope": "key", "key": "k"}}.get(scope, {})
+    model = sp.fit(df, [sp.MinMax(["x"])], **kwargs)
+    model.save(tmp_path / "before.json")
+    with pytest.raises(DataError, match="beyond float64"):
+        model.partial_fit(pd.DataFrame({"k": [1, 1], "x": [1.7e308, -1.7e308]}))
+    model.save(tmp_path / "after.json")
+    before, after = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("before", "after"))
+    for doc in (before, after):
+        for field in ("checksum", "created"):
+            doc.pop(field)
+    assert after == before
 
 
 def test_partial_fit_of_a_loaded_model(tmp_path):
