@@ -83,6 +83,7 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
         if not debug:
             _silence_dask_logs()
+        signal.signal(signal.SIGTERM, _interrupt)  # from the start: a job stopped while it loads exits 130 too
         try:
             return func(*args, **kwargs)
         except KeyboardInterrupt:
@@ -162,7 +163,6 @@ def _run(
 
     from .pipeline import run_job
 
-    signal.signal(signal.SIGTERM, _interrupt)
     with dask.config.set({"scalepipe.progress": not quiet and sys.stdout.isatty()}):
         result = run_job(cfg, mode, scheduler=scheduler, update=update, profile=profile, echo=_echo(quiet))  # type: ignore[arg-type]
     if quiet:

@@ -439,10 +439,10 @@ def _fit(cfg: Config, source: _Input, previous: Model | None, echo: Echo) -> Mod
     An updated model keeps its config hash; ``partial_fit`` clears its input
     fingerprint, as no single input is behind it any more.
     """
-    fit_data = source.data if source.schema is None else source.data[_fit_columns(cfg, source.schema)]
     echo(f"fitting {len(source.files)} input file(s)" if source.schema is not None else f"fitting {cfg.input.path}")
-    if previous is not None:
-        return previous.partial_fit(fit_data, partition_labels=source.partition_files)
+    if previous is not None:  # the artifact's features, as transform takes them: input.columns is not used
+        return previous.partial_fit(source.data, partition_labels=source.partition_files)
+    fit_data = source.data if source.schema is None else source.data[_fit_columns(cfg, source.schema)]
     meta = {"config_hash": config_hash(cfg), "input_fingerprint": _fingerprint(source.files)}
     st = cfg.stats
     return fit(

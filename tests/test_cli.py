@@ -429,6 +429,27 @@ def test_sigterm_mid_write_cleans_up_and_stops_the_workers(many_partitions, sigi
     assert hidden(dest.parent) == []  # no staging folder, no pending artifact
 
 
+def test_sigterm_stops_drift_as_it_stops_a_job(many_partitions):
+    """drift never installed the SIGTERM handler (killed by the signal, rc -15),
+    and the other commands installed it only after their imports and config."""
+    home, env = many_partitions
+    sp.fit(table(100, seed=3)).save(home / "drift-stats.json")
+    job = subprocess.Popen(
+        command("drift", "--stats", "drift-stats.json", "--input", "many"), cwd=home, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = ""
+        while not line.startswith("checking") and (line or job.poll() is None):
+            line = job.stderr.readline()
+        job.send_signal(signal.SIGTERM)
+        _, stderr = job.communicate(timeout=TIMEOUT)
+    finally:
+        job.kill()
+    assert job.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "error: interrupted; an unfinished output or statistics file is never put in place"
+
+
 def test_disk_full_mid_write_fails_cleanly(project):
     home, _, _ = project
 
