@@ -140,10 +140,62 @@ def _start_slurm(cfg: ClusterConfig) -> Any:
         raise ClusterError("cluster.kind: slurm needs dask-jobqueue: pip install 'scalepipe[slurm]'") from None
     try:
         cluster = SLURMCluster(**_slurm_options(cfg))
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # an unknown option; a value dask-jobqueue cannot read ('lots' of memory)
         raise ClusterError(f"cluster.jobqueue: {_one_line(err)} (see dask_jobqueue.SLURMCluster's parameters)") from err
-    cluster.scale(jobs=cfg.n_workers)
+    try:
+        _submit_jobs(cluster, cfg.n_workers)
+    except BaseException:
+        with contextlib.suppress(Exception):  # closing a job that was never submitted fails an assertion
+            cluster.close()
+        raise
     return cluster
+
+
+#: How long to wait for sbatch to take the worker jobs before the job goes on (the jobs may then still be queued).
+_SUBMIT_WAIT = 60.0
+
+
+class _Failures(logging.Handler):
+    """Keeps the exceptions logged by tornado's callbacks, where a failed job submission ends up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[BaseException] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.exc_info[1] is not None:
+            self.errors.append(record.exc_info[1])
+
+
+def _submit_jobs(cluster: Any, jobs: int) -> None:
+    """Scale to ``jobs`` worker jobs and wait until sbatch has taken them (each has a job id).
+
+    A rejected submission (a wrong account or queue, no ``sbatch`` on PATH)
+    is only logged by the cluster's event loop, as a multi-line traceback,
+    and the job would then wait for workers forever: it is a
+    :class:`ClusterError` here, with sbatch's message.
+    """
+    import time
+
+    failures = _Failures()
+    log = logging.getLogger("tornado.application")  # distributed gives it a handler of its own
+    handlers, propagate = log.handlers, log.propagate
+    log.handlers, log.propagate = [failures], False
+    try:
+        cluster.scale(jobs=jobs)
+        deadline = time.monotonic() + _SUBMIT_WAIT
+        while time.monotonic() < deadline:
+            if failures.errors:
+                raise ClusterError(
+                    f"cluster.jobqueue: submitting the worker jobs failed: {_one_line(failures.errors[0])} (check "
+                    "account, queue and the other options against your site's SLURM, and that sbatch is on PATH)"
+                )
+            submitted = [getattr(job, "job_id", None) for job in cluster.workers.values()]
+            if len(submitted) >= jobs and all(submitted):
+                return
+            time.sleep(0.1)
+    finally:
+        log.handlers, log.propagate = handlers, propagate
 
 
 def _connect(address: str, cfg: ClusterConfig) -> Any:
@@ -151,9 +203,19 @@ def _connect(address: str, cfg: ClusterConfig) -> Any:
     from distributed import Client
 
     security = _security(cfg)
-    timeout = dask.config.get("scalepipe.cluster.connect-timeout", DEFAULT_CONNECT_TIMEOUT)
+    if security is not None and security.require_encryption and address.startswith("tcp://"):
+        raise ClusterError(
+            f"cluster.security: TLS certificates are set (require_encryption), but the scheduler address {address} "
+            "is tcp://, which is not encrypted: use its tls:// address, or remove cluster.security"
+        )
+    timeout = _connect_timeout()
     try:
-        return Client(address, security=security, timeout=timeout, set_as_default=True)
+        return _within(_seconds(timeout) + 5, lambda: Client(address, security=security, timeout=timeout, set_as_default=True))
+    except _NoAnswer:
+        raise ClusterError(
+            f"the scheduler {address} accepted the connection but did not answer as a Dask scheduler within "
+            f"{timeout}: is it the scheduler's port (8786 by default; 8787 is the dashboard)?"
+        ) from None
     except (OSError, TimeoutError, ValueError, TypeError) as err:
         if address.startswith("tls://") and security is None and "ssl_context" in str(err):
             raise ClusterError(
@@ -162,6 +224,53 @@ def _connect(address: str, cfg: ClusterConfig) -> Any:
             ) from err
         hint = "; check that cluster.security's certificate and key are signed by a CA the scheduler trusts" if address.startswith("tls://") else ""
         raise ClusterError(f"cannot connect to the scheduler {address} (timeout {timeout}): {_one_line(err)}{hint}") from err
+
+
+def _connect_timeout() -> str:
+    """``scalepipe.cluster.connect-timeout``, checked to be a duration."""
+    value = dask.config.get("scalepipe.cluster.connect-timeout", DEFAULT_CONNECT_TIMEOUT)
+    try:
+        seconds = _seconds(value)
+    except (KeyError, ValueError, TypeError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise ClusterError(f"scalepipe.cluster.connect-timeout: {value!r} is not a positive duration like '10s' or '2min'")
+    return str(value)
+
+
+def _seconds(value: object) -> float:
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(value, default="seconds"))
+
+
+class _NoAnswer(Exception):
+    """The call did not return in time."""
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> Any:
+    """``call()``, or :class:`_NoAnswer` if it has not returned after ``seconds``.
+
+    For a client whose handshake can wait forever (an HTTP server or the
+    dashboard's port accepts the TCP connection and never answers), whatever
+    its own timeout says; the call is left running on a daemon thread.
+    """
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=attempt, name="scalepipe-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise _NoAnswer
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _one_line(err: BaseException) -> str:
@@ -459,12 +568,19 @@ def open_cluster(
     address = scheduler or cfg.address or (dask.config.get("scheduler-address", None) if cfg.kind == "local" else None)
     cluster = None
     lost = False
+    if not address and cfg.kind == "local" and cfg.security is not None:
+        raise ClusterError(
+            "cluster.security: the TLS files are for a running scheduler (cluster.address or --scheduler); "
+            "the embedded cluster's workers are this machine's and need none: remove cluster.security or give the address"
+        )
     if address:
         client = _connect(address, cfg)
     else:
         try:
             cluster = _start_slurm(cfg) if cfg.kind == "slurm" else _start_local(cfg)
             client = Client(cluster, set_as_default=True)
+        except ClusterError:
+            raise
         except (OSError, TimeoutError, ValueError, RuntimeError) as err:
             if cluster is not None:
                 cluster.close()

@@ -391,6 +391,67 @@ def test_an_unreachable_scheduler_is_a_cluster_error_naming_it():
     assert "\n" not in str(info.value)
 
 
+def test_an_address_that_is_no_dask_scheduler_fails_within_the_connect_timeout():
+    """The dashboard's port, or any server that takes the connection and never
+    answers the handshake, hung the job whatever the timeout said."""
+    import socket
+
+    import dask
+
+    with socket.socket() as server:  # accepts connections (the backlog), never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        start = time.monotonic()
+        with dask.config.set({"scalepipe.cluster.connect-timeout": "1s"}):
+            with pytest.raises(ClusterError, match=f"the scheduler {address} accepted the connection but did not answer as a Dask scheduler within 1s"):
+                with open_cluster(ClusterConfig(), scheduler=address):
+                    pytest.fail("the block must not run")
+        assert time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("value", ["abc", "-5s", "0s"])
+def test_a_bad_connect_timeout_names_its_setting(value):
+    import dask
+
+    with dask.config.set({"scalepipe.cluster.connect-timeout": value}):
+        with pytest.raises(ClusterError, match=f"scalepipe.cluster.connect-timeout: '{value}' is not a positive duration"):
+            with open_cluster(ClusterConfig(), scheduler="tcp://127.0.0.1:9"):
+                pytest.fail("the block must not run")
+
+
+def test_tls_files_need_a_tls_scheduler_address(tmp_path):
+    """With a tcp:// address the client failed after 10 s blaming 'Dask configuration';
+    on the embedded cluster the files were ignored."""
+    for name in ("ca", "cert", "key"):
+        (tmp_path / name).write_text("x")
+    security = SecurityConfig(ca_file=str(tmp_path / "ca"), cert_file=str(tmp_path / "cert"), key_file=str(tmp_path / "key"))
+    with pytest.raises(ClusterError, match=r"cluster.security: .* tcp://127.0.0.1:9 is tcp://, which is not encrypted"):
+        with open_cluster(ClusterConfig(security=security), scheduler="tcp://127.0.0.1:9"):
+            pytest.fail("the block must not run")
+    with pytest.raises(ClusterError, match=r"cluster.security: the TLS files are for a running scheduler"):
+        with open_cluster(ClusterConfig(security=security)):
+            pytest.fail("the block must not run")
+
+
+def test_rejected_slurm_worker_jobs_fail_the_job_with_sbatch_s_message(tmp_path, monkeypatch):
+    """The submission error was a logged traceback and the job waited for workers forever."""
+    pytest.importorskip("dask_jobqueue")
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    jobqueue = {"cores": 1, "memory": "1GiB", "walltime": "00:10:00", "log_directory": str(tmp_path / "logs")}
+    with pytest.raises(ClusterError, match="cluster.jobqueue: submitting the worker jobs failed: .*Invalid account"):
+        with open_cluster(ClusterConfig(kind="slurm", n_workers=1, jobqueue=jobqueue)):
+            pytest.fail("the block must not run")
+    with pytest.raises(ClusterError, match=r"cluster.jobqueue: .*lots"):
+        with open_cluster(ClusterConfig(kind="slurm", n_workers=1, jobqueue={**jobqueue, "memory": "lots"})):
+            pytest.fail("the block must not run")
+
+
 def test_dask_scheduler_address_is_honoured(secure, tmp_path):
     """``DASK_SCHEDULER_ADDRESS`` (which the Kubernetes operator sets) names the scheduler."""
     import dask
