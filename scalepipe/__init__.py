@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it.
 _EXPORTS = {
     "ArtifactError": "errors",
+    "ClusterError": "errors",
     "ColumnError": "errors",
     "ConfigError": "errors",
     "DataError": "errors",
@@ -45,6 +46,7 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:
     from .errors import (
         ArtifactError,
+        ClusterError,
         ColumnError,
         ConfigError,
         DataError,

@@ -265,8 +265,14 @@ class XarrayView(View):
         self.is_dataset = isinstance(data, xr.Dataset)
         arrays = dict(data.data_vars) if self.is_dataset else {data.name if data.name is not None else "data": data}
         if reduce_dims is None:
-            first = next((a for a in arrays.values() if a.dtype.kind in "iuf" and a.dims), None)
-            reduce_dims = [first.dims[0]] if first is not None else []
+            firsts = {var: a.dims[0] for var, a in arrays.items() if a.dtype.kind in "iuf" and a.dims}
+            if len(set(firsts.values())) > 1:  # which one is the samples' dimension is not ours to guess
+                listed = ", ".join(f"{var!r} starts with {dim!r}" for var, dim in firsts.items())
+                raise DataError(
+                    f"reduce_dims: the numeric variables start with different dimensions ({listed}); "
+                    "name the dimensions to reduce over"
+                )
+            reduce_dims = list(firsts.values())[:1]
         self.reduce_dims = list(reduce_dims)
         self.parts: dict[Any, ArrayView] = {}
         self.feature_dims: dict[str, list[str]] = {}
