@@ -429,6 +429,15 @@ def _dashboard_link(client: Any, cluster: Any) -> str:
     return f"http://{server.address}:{server.port}/status"
 
 
+def _dashboard_needs(cluster: Any) -> str:
+    """What the printed dashboard link lacks: bokeh, where this process serves the dashboard without it."""
+    import importlib.util
+
+    if cluster is None or importlib.util.find_spec("bokeh") is not None:
+        return ""
+    return " (its pages need bokeh: pip install 'scalepipe[dashboard]')"
+
+
 class _Interrupt:
     """The SIGINT handler while a job runs: a Ctrl-C that is never lost.
 
@@ -593,7 +602,7 @@ def open_cluster(
             lost = client.status != "running"
             raise ClusterError(f"the scheduler {where} failed while checking the workers: {_one_line(err)}") from err
         if cfg.dashboard_address is not None or address:
-            echo(f"dashboard: {_dashboard_link(client, cluster)}")
+            echo(f"dashboard: {_dashboard_link(client, cluster)}{_dashboard_needs(cluster)}")
         if cluster is not None and cfg.kind == "local" and not cfg.processes and "memory_limit" in cfg.model_fields_set:
             echo("warning: cluster.memory_limit applies to worker processes (processes: true); in-process workers are not limited")
         # The frame running the with block: this generator's, then

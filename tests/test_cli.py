@@ -9,6 +9,7 @@ Python API it says so.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import resource
@@ -193,6 +194,8 @@ def test_quickstart_writes_input_artifact_and_output(quickstart):
     model = sp.load(data / "artifacts" / "stats.json")
     assert model.feature_names == ["temperature", "pressure", "income", "reading", "calibration", "visits"]
     assert "dashboard: http://127.0.0.1:" in result.stderr
+    # the dashboard's pages need bokeh (an extra): the link says so where it is missing
+    assert ("need bokeh: pip install 'scalepipe[dashboard]'" in result.stderr) == (importlib.util.find_spec("bokeh") is None)
     assert "writing demo data (20000 rows, 8 files)" in result.stderr
     out = result.stdout.splitlines()
     assert out[0].split()[:4] == ["feature", "method", "count", "nan"]

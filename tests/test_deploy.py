@@ -79,6 +79,7 @@ def test_the_dockerfile_installs_the_package_and_its_entry_point():
     assert "COPY pyproject.toml README.md ./" in lines and "COPY scalepipe ./scalepipe" in lines
     install = next(line for line in lines if "pip install" in line)
     assert re.search(r'pip install "\.\$\{EXTRAS\}"', install)
+    assert re.search(r'^ARG EXTRAS="\[dashboard\]"$', text, re.M)  # bokeh, or the published dashboard is a "needs bokeh" page
     assert "scalepipe --version" in text  # the build fails if the entry point is missing
     assert re.search(r"^EXPOSE .*\b8786\b", text, re.M) and re.search(r"^USER scalepipe$", text, re.M)
     ignore = (COMPOSE / "Dockerfile.dockerignore").read_text().split()
