@@ -127,6 +127,10 @@ class Scaler(abc.ABC):
         """The fewest non-missing values a column needs for the parameters to exist."""
         return 1
 
+    def scale_of(self, gain: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        """The map's scale from :meth:`components`' gain and spread: ``gain / spread``, rounded once."""
+        return gain / spread
+
     def to_dict(self) -> dict[str, Any]:
         """The rule as plain data (``method`` first), for configs and artifacts."""
         d = asdict(self)
@@ -224,6 +228,27 @@ class Decimal(Scaler):
     def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         j = np.array([decimal_exponent(v) for v in np.ravel(m.absmax)], dtype=np.float64).reshape(m.shape)
         return np.zeros(m.shape), 10.0**j, np.ones(m.shape), np.zeros(m.shape)
+
+    def scale_of(self, gain: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        """``10**-j`` correctly rounded (the gain is 1).
+
+        ``1 / 10.0**j`` rounds twice where ``10**j`` is no double: 1e-5's
+        inverse came out 99999.99999999999, not 100000, and the outputs up to
+        2 ulps off. A spread that is no finite power of ten (beyond float64,
+        which the caller refuses) keeps the quotient.
+        """
+        out = np.asarray(gain / spread, dtype=np.float64)
+        finite = np.isfinite(spread) & (spread > 0)
+        out[finite] = [_inverse_power_of_ten(round(math.log10(s))) for s in spread[finite]]
+        return out
+
+
+def _inverse_power_of_ten(j: int) -> float:
+    """``10**-j`` correctly rounded; ``inf`` beyond float64 (which the caller refuses)."""
+    try:
+        return float(Fraction(10) ** -j)
+    except OverflowError:
+        return math.inf
 
 
 @dataclass(frozen=True)
@@ -380,7 +405,7 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
     if scaler.constant_policy == "unit_scale" and scaler.divides_by_spread:
         spread = np.where(constant, 1.0, spread)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        scale = gain / spread
+        scale = scaler.scale_of(gain, spread)
     # a constant column keeps its divisor unless its policy replaces the map below; statistics
     # of no (or too few) values have NaN parameters where allowed
     exempt = (constant & (scaler.constant_policy in ("zero", "passthrough"))) | empty | few

@@ -265,14 +265,7 @@ class XarrayView(View):
         self.is_dataset = isinstance(data, xr.Dataset)
         arrays = dict(data.data_vars) if self.is_dataset else {data.name if data.name is not None else "data": data}
         if reduce_dims is None:
-            firsts = {var: a.dims[0] for var, a in arrays.items() if a.dtype.kind in "iuf" and a.dims}
-            if len(set(firsts.values())) > 1:  # which one is the samples' dimension is not ours to guess
-                listed = ", ".join(f"{var!r} starts with {dim!r}" for var, dim in firsts.items())
-                raise DataError(
-                    f"reduce_dims: the numeric variables start with different dimensions ({listed}); "
-                    "name the dimensions to reduce over"
-                )
-            reduce_dims = list(firsts.values())[:1]
+            reduce_dims = _samples_dim(arrays)
         self.reduce_dims = list(reduce_dims)
         self.parts: dict[Any, ArrayView] = {}
         self.feature_dims: dict[str, list[str]] = {}
@@ -352,6 +345,26 @@ class XarrayView(View):
             else:
                 out = _new_values(out, scaled)
         return out
+
+
+def _samples_dim(arrays: dict[Any, Any]) -> list[str]:
+    """The default ``reduce_dims``: the first dimension of the numeric variables with the most dimensions.
+
+    Static variables have fewer (a mask or an elevation over lat, lon) and
+    pass through; taking the first variable's first dimension instead made a
+    mask listed first (Zarr lists variables alphabetically) reduce every
+    variable over ``lat``. Widest variables that start with different
+    dimensions leave the choice to the caller.
+    """
+    numeric = {var: a.dims for var, a in arrays.items() if a.dtype.kind in "iuf" and a.dims}
+    if not numeric:
+        return []
+    most = max(len(dims) for dims in numeric.values())
+    firsts = {var: dims[0] for var, dims in numeric.items() if len(dims) == most}
+    if len(set(firsts.values())) > 1:
+        listed = ", ".join(f"{var!r} starts with {dim!r}" for var, dim in firsts.items())
+        raise DataError(f"reduce_dims: the variables start with different dimensions ({listed}); name the dimensions to reduce over")
+    return [next(iter(firsts.values()))]
 
 
 def _new_values(array: Any, values: Any) -> Any:

@@ -77,6 +77,19 @@ def test_decimal_exponent(absmax, j):
         assert absmax / 10.0**j < 1 <= absmax / 10.0 ** (j - 1) or j - 1 < -300
 
 
+def test_decimal_scale_is_ten_to_minus_j_correctly_rounded():
+    """The scale was 1 / 10.0**j, rounded twice: 99999.99999999999 for j = -5
+    (9.9e-6 scaled to 0.9899999999999999), wrong for 178 of the 615 normal j."""
+    from fractions import Fraction
+
+    for j in range(-300, 300, 7):
+        x = np.array([[9.9 * 10.0**j / 10], [0.0]])  # |x| just below 10**j: its exponent is j
+        model = sp.fit(x, [sp.Decimal()])
+        assert model.params.scale[0] == float(Fraction(10) ** -j), j
+    model = sp.fit(np.array([[9.9e-6], [4.2e-6]]), [sp.Decimal()])
+    assert model.transform(np.array([[9.9e-6], [4.2e-6]])).ravel().tolist() == [0.99, 0.42]
+
+
 def test_decimal_negative_only_and_zero_columns():
     x = np.array([[-999.9, 0.0, 0.05], [-5.0, 0.0, -0.01]])
     model = sp.fit(x, [sp.Decimal()])

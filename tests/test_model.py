@@ -120,17 +120,21 @@ def test_xarray_reduce_dims_per_coordinate(client):
     np.testing.assert_allclose(model.transform(arr).values, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_variables_starting_with_different_dimensions_need_reduce_dims():
+def test_the_default_reduce_dim_is_the_widest_variables_first():
     """The default took the first numeric variable's first dimension (Zarr
     lists them alphabetically): a static mask(lat, lon) made t2m(time, lat,
     lon) reduce over lat, one feature per (time, lon), without a word."""
     import xarray as xr
 
-    ds = xr.Dataset({"mask": (("lat", "lon"), np.ones((2, 3))), "t2m": (("time", "lat", "lon"), np.arange(30.0).reshape(5, 2, 3))})
-    with pytest.raises(DataError, match="reduce_dims: the numeric variables start with different dimensions .*'mask' starts with 'lat'"):
+    t2m = np.arange(30.0).reshape(5, 2, 3)
+    ds = xr.Dataset({"mask": (("lat", "lon"), np.ones((2, 3))), "t2m": (("time", "lat", "lon"), t2m)})
+    model = sp.fit(ds)
+    assert model.meta["reduce_dims"] == ["time"] and len(model.feature_names) == 6 and model.feature_names[0] == "t2m[0,0]"
+    assert model.transform(ds)["mask"].identical(ds["mask"])
+    np.testing.assert_allclose(model.transform(ds)["t2m"].values, (t2m - t2m.mean(0)) / t2m.std(0), rtol=0, atol=1e-12)
+    ds["v"] = (("lat", "time", "lon"), np.ones((2, 5, 3)))
+    with pytest.raises(DataError, match="reduce_dims: the variables start with different dimensions .*'v' starts with 'lat'"):
         sp.fit(ds)
-    model = sp.fit(ds, reduce_dims=["time"])
-    assert len(model.feature_names) == 6 and model.feature_names[0] == "t2m[0,0]"
 
 
 def test_xarray_dataset(client):
