@@ -29,7 +29,7 @@ def _load(name: str) -> ModuleType | None:
 def _warn(name: str, exc: Exception) -> None:
     warnings.warn(
         f"scalepipe: the numba kernels ({name}) failed to load, the numpy kernels are used instead "
-        f"(same results, slower): {type(exc).__name__}: {exc}",
+        f"(the same results to a few ulps, slower): {type(exc).__name__}: {exc}",
         RuntimeWarning,
         stacklevel=3,
     )
