@@ -166,6 +166,8 @@ class MinMax(Scaler):
         fr = _numbers(self.feature_range)
         if fr is None or len(fr) != 2 or not all(math.isfinite(v) for v in fr) or not fr[0] < fr[1]:
             raise ParameterError("feature_range", f"must be two finite numbers [a, b] with a < b, got {self.feature_range!r}")
+        if not math.isfinite(fr[1] - fr[0]):  # else the fit failed blaming the data's range
+            raise ParameterError("feature_range", f"its width b - a must be a finite float64, got {self.feature_range!r}")
         object.__setattr__(self, "feature_range", fr)
 
     def components(self, m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

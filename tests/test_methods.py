@@ -211,6 +211,7 @@ def test_all_nan_column_is_an_error():
     [
         ({"method": "minmax", "feature_range": [1, 0]}, "feature_range"),
         ({"method": "minmax", "feature_range": [0, 0]}, "feature_range"),
+        ({"method": "minmax", "feature_range": [-1e308, 1e308]}, "feature_range"),  # b - a overflows
         ({"method": "batchnorm", "eps": 0}, "eps"),
         ({"method": "batchnorm", "momentum": 0}, "momentum"),
         ({"method": "batchnorm", "momentum": 1.5}, "momentum"),
