@@ -307,8 +307,9 @@ def read_table(
     where float64 is not beyond 2**53) and ``boolean`` dtypes in every
     partition, so all partitions share one dtype. CSV: integer-looking
     columns are read as float64 for the same reason (a missing value further
-    down a file would otherwise change a block's dtype); other columns are
-    text. Blocks split at newlines, so a quoted field holding a newline must
+    down a file would otherwise change a block's dtype), except those whose
+    sampled values reach beyond 2**53, read as nullable integers (exact);
+    ``true``/``false`` columns as ``boolean``; other columns as text. Blocks split at newlines, so a quoted field holding a newline must
     not straddle a block boundary (as with ``dask.dataframe.read_csv``).
 
     Examples

@@ -610,8 +610,6 @@ class Model:
             features = [Feature(f["name"], f["dtype"], _whole(f["rule"], f"features[{i}].rule")) for i, f in enumerate(doc["features"])]
             moments = _moments_from_document(doc["statistics"])
             params = Affine(*(np.array(_floats(doc["parameters"][k], f"parameters.{k}")) for k in _AFFINE_FIELDS))
-            if moments.shape != (len(features),) or params.center.shape != (len(features),):
-                raise ValueError("statistics do not match the features")
             scope = Scope(**doc.get("scope", {}))
             batches = _batches_from_document(doc["batches"], tables) if doc.get("batches") else None
             groups = _groups_from_document(doc["groups"], tables) if doc.get("groups") else None
