@@ -10,11 +10,10 @@ in blocks of rows per feature:
 
 * Columns contiguous (Fortran order, or rows sliced from it): one feature at a
   time, in lanes of at most :data:`BLOCK` rows.
-* C-contiguous: across the features, a row segment at a time, in blocks of
-  up to 256 KiB and groups of at most :data:`_GROUP` features (see
-  ``_row_sums``); each sweep's loop over a segment vectorises across the
-  features, with per-feature constants and sums held in one small aligned
-  array. Narrow blocks put several rows in one segment.
+* C-contiguous: in blocks of at most :data:`_ROWS` rows by panels of at
+  most :data:`_PANEL` features (:data:`_PANEL_VALUES` values, which stay in
+  the cache), four features at a time (see ``_row_sums``). Fewer than four
+  features are read as columns (a copy).
 
 A first sweep over a block finds each feature's largest ``|x|`` and smallest
 nonzero ``|x|``; their exponent fields give ``T`` and ``L`` with ``|x| <
@@ -45,12 +44,10 @@ digit is ``bits(y) - bits(1.5 * 2**(g + 52))``.
 
 The digits are summed as wrapping uint64 bit patterns, which vectorises
 without reassociating any float addition; the constants' patterns are
-subtracted when the sums are added to the buckets, and a digit sum stays below
-``2**11 * 2**51``: per lane of at most :data:`BLOCK` rows, and, in C order,
-over at most :data:`_PENDING_ROWS` rows on the same grids (a larger ``T``
-whose grids still hold a block's values is kept; a block that does not fit
-them starts new sums). The bounds above follow from ``T`` and ``L`` alone, so
-no value is ever rounded and nothing is checked afterwards. ``T <= 510`` keeps
+subtracted when the sums are added to the buckets, after each block (of at
+most :data:`BLOCK` rows in a lane, :data:`_ROWS` in C order), so a digit sum
+stays below ``2**11 * 2**51``. The bounds above follow from ``T`` and ``L``
+alone, so no value is ever rounded and nothing is checked afterwards. ``T <= 510`` keeps
 the constants finite, ``T >= -462`` keeps them (and the finest grid) normal.
 """
 
@@ -63,19 +60,21 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._numba_build import slp_vectorised
+
 __all__ = ["BLOCK", "bucket_sums", "limbs_from_buckets", "normalise"]
 
 #: Most rows per lane: a digit sum stays below ``BLOCK * 2**51 = 2**59``.
 BLOCK = 256
-#: Features of a C-contiguous block swept together, across the features.
-_GROUP = 64
-#: Values per block of a C-contiguous ``x`` (256 KiB of float64): the second
-#: sweep reads the block from the L2 cache.
-_LANE_VALUES = 1 << 15
-#: Most rows whose digit sums a feature of a C-contiguous block keeps before
-#: adding them to its buckets: the sums stay below 2**11 * 2**51 = 2**62.
-_PENDING_ROWS = 2048
-#: A feature's constants in a work array are no fast path's (``T`` of none).
+#: Features swept together in C order, their running values in registers.
+_LANES = 4
+#: Most features of a C-order panel, and most values (64 KiB of float64): the
+#: second sweep over a panel reads it from the cache.
+_PANEL = 64
+_PANEL_VALUES = 1 << 13
+#: Most rows of a C-order block: a digit sum stays below 2**11 * 2**51 = 2**62.
+_ROWS = 2048
+#: The ``T`` of a feature whose constants are no fast path's yet.
 _NO_GRIDS = -(1 << 20)
 
 _FRAC_MASK = (1 << 52) - 1
@@ -173,20 +172,6 @@ _smaller = _nan_skipping("minnum")  # min(m, a)
 
 
 @intrinsic
-def _smaller_nonzero(typingctx, m, a):
-    """``min(m, a)`` over ``a > 0`` (for ``a >= 0``): a zero or NaN ``a`` leaves ``m`` (``llvm.minnum``)."""
-    sig = types.float64(types.float64, types.float64)
-
-    def codegen(context, builder, signature, args):
-        m, a = args
-        zero = ir.Constant(ir.DoubleType(), 0.0)
-        b = builder.select(builder.fcmp_ordered("==", a, zero), ir.Constant(ir.DoubleType(), np.inf), a)
-        return builder.call(_intrinsic_fn(builder, "llvm.minnum.f64"), [m, b])
-
-    return sig, codegen
-
-
-@intrinsic
 def _prefetch(typingctx, address):
     """Ask for the cache line at ``address`` (an integer) to be loaded: a hint, which never faults."""
     sig = types.none(types.int64)
@@ -271,18 +256,23 @@ def _path(top: np.int64, bottom: np.int64) -> tuple[int, int]:
 
 
 @numba.njit(inline="always")
-def _set_constants(t: int, ws: np.ndarray, j: int, w: int, m: int) -> None:
-    """Store the rounding constants of a feature's grids (bit patterns) at positions ``r * w + j``, ``r < m``.
+def _grid_constants(t: int) -> tuple:
+    """The rounding constants of the fast path's grids for ``T = t``.
 
-    Row ``q`` of ``ws`` (``ws[q * _GROUP + p]``) receives the constant of the
-    grid ``2**(T - 25 (q + 1))`` for ``q = 0..2`` (the digits of ``x``) and of
-    ``2**(2T - 25 (q - 1))`` for ``q = 3..7`` (the sums of their products).
+    Those of ``2**(T - 25 (q + 1))`` for ``q = 0..2`` (the digits of ``x``)
+    and of ``2**(2T - 25 (q - 1))`` for ``q = 3..7`` (the sums of their
+    products).
     """
-    for q in range(8):
-        g = t - _DIGIT_BITS * (q + 1) if q < 3 else 2 * t - _DIGIT_BITS * (q - 1)
-        k = _ubits(_rounding_constant(g))
-        for r in range(m):
-            ws[q * _GROUP + r * w + j] = k
+    return (
+        _rounding_constant(t - _DIGIT_BITS),
+        _rounding_constant(t - 2 * _DIGIT_BITS),
+        _rounding_constant(t - 3 * _DIGIT_BITS),
+        _rounding_constant(2 * t - 2 * _DIGIT_BITS),
+        _rounding_constant(2 * t - 3 * _DIGIT_BITS),
+        _rounding_constant(2 * t - 4 * _DIGIT_BITS),
+        _rounding_constant(2 * t - 5 * _DIGIT_BITS),
+        _rounding_constant(2 * t - 6 * _DIGIT_BITS),
+    )
 
 
 @numba.njit(inline="always")
@@ -294,48 +284,28 @@ def _add_digit(buckets: np.ndarray, c: int, pos: int, d: np.int64) -> None:
 
 
 @numba.njit(inline="always")
-def _add_digit_sums(
-    ws: np.ndarray,
-    j: int,
-    w: int,
-    m: int,
-    rows: int,
-    t: int,
-    c: int,
-    b1: np.ndarray,
-    b2: np.ndarray,
-    ranges: np.ndarray,
+def _add_sums(
+    s: tuple, k: tuple, c: int, rows: int, t: int, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray
 ) -> None:
-    """Add the digit sums of ``rows`` values of feature ``c`` (one ``T``) to its buckets, and clear them.
+    """Add feature ``c``'s digit sums ``s`` of ``rows`` values on the grids of ``T = t`` (constants ``k``) to its buckets.
 
-    The sums are at positions ``r * w + j`` (``r < m``) of rows 8..15 of
-    ``ws``; the constants' bit patterns are subtracted, once per value read
-    on each grid (each sum wraps, their total does not: it is below
-    ``rows * 2**51 <= 2**62``). The 8 digit sums land at positions 25 apart,
-    each split into pieces 27 apart, so no two of the 24 pieces share a
-    bucket: a bucket gains less than 2**27 per call, within exact's 2**28 per
-    row.
+    The constants' bit patterns are subtracted, once per value read on each
+    grid (each sum wraps, their total does not: it is below ``rows * 2**51
+    <= 2**62``). The 8 digit sums land at positions 25 apart, each split into
+    pieces 27 apart, so no two of the 24 pieces share a bucket: a bucket
+    gains less than 2**27 per call, within exact's 2**28 per row.
     """
     count = np.uint64(rows)
     for q in range(8):
-        d = -count * ws[q * _GROUP + j]
-        for r in range(m):
-            d += ws[(8 + q) * _GROUP + r * w + j]
-            ws[(8 + q) * _GROUP + r * w + j] = 0
+        d = np.int64(s[q] - count * _ubits(k[q]))
         if q < 3:
-            _add_digit(b1, c, t - _DIGIT_BITS * (q + 1) + 1074, np.int64(d))
+            _add_digit(b1, c, t - _DIGIT_BITS * (q + 1) + 1074, d)
         else:
-            _add_digit(b2, c, 2 * t - _DIGIT_BITS * (q - 1) + 2148, np.int64(d))
+            _add_digit(b2, c, 2 * t - _DIGIT_BITS * (q - 1) + 2148, d)
     ranges[0] = min(ranges[0], t - 3 * _DIGIT_BITS + 1074)
     ranges[1] = max(ranges[1], t - _DIGIT_BITS + 1074 + 2 * _HALF_BITS + 1)
     ranges[2] = min(ranges[2], 2 * t - 6 * _DIGIT_BITS + 2148)
     ranges[3] = max(ranges[3], 2 * t - 2 * _DIGIT_BITS + 2148 + 2 * _HALF_BITS + 1)
-
-
-@numba.njit(inline="always")
-def _constant(ws: np.ndarray, q: int, j: int) -> float:
-    """Feature ``j``'s rounding constant ``q`` (see :func:`_set_constants`)."""
-    return _from_bits(np.int64(ws[q * _GROUP + j]))
 
 
 @numba.njit(inline="always")
@@ -366,34 +336,36 @@ def _digits(v, k0, k1, k2, k3, k4, k5, k6, k7) -> tuple:
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def _fast_lane(lane: np.ndarray, ws: np.ndarray) -> None:
-    """Fast path: sum the digits of a feature's block (see the module docstring) into ``ws[(8 + q) * _GROUP]``.
+@numba.njit(inline="always")
+def _digit_update(v: float, k: tuple, s: tuple) -> tuple:
+    """The digit sums ``s`` with those of one value on the grids of the constants ``k`` added."""
+    d = _digits(v, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7])
+    return (
+        s[0] + d[0],
+        s[1] + d[1],
+        s[2] + d[2],
+        s[3] + d[3],
+        s[4] + d[4],
+        s[5] + d[5],
+        s[6] + d[6],
+        s[7] + d[7],
+    )
 
-    Reads the constants of feature 0 of ``ws``; vectorises along the lane.
-    """
-    k0, k1, k2, k3 = _constant(ws, 0, 0), _constant(ws, 1, 0), _constant(ws, 2, 0), _constant(ws, 3, 0)
-    k4, k5, k6, k7 = _constant(ws, 4, 0), _constant(ws, 5, 0), _constant(ws, 6, 0), _constant(ws, 7, 0)
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.uint64(0)
+
+_NO_SUMS = (np.uint64(0),) * 8
+
+
+@numba.njit(nogil=True, cache=True)
+def _fast_lane(lane: np.ndarray, k: tuple) -> tuple:
+    """Fast path: the digit sums of a feature's block on the grids of the constants ``k`` (vectorises along the lane)."""
+    s = _NO_SUMS
     for i in range(lane.shape[0]):
-        d0, d1, d2, d3, d4, d5, d6, d7 = _digits(np.float64(lane[i]), k0, k1, k2, k3, k4, k5, k6, k7)
-        s0 += d0
-        s1 += d1
-        s2 += d2
-        s3 += d3
-        s4 += d4
-        s5 += d5
-        s6 += d6
-        s7 += d7
-    sums = (s0, s1, s2, s3, s4, s5, s6, s7)
-    for q in range(8):
-        ws[(8 + q) * _GROUP] = sums[q]
+        s = _digit_update(np.float64(lane[i]), k, s)
+    return s
 
 
 @numba.njit(nogil=True, cache=True)
-def _add_lane(
-    lane: np.ndarray, c: int, ws: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray, extremes: np.ndarray
-) -> bool:
+def _add_lane(lane: np.ndarray, c: int, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray, extremes: np.ndarray) -> bool:
     """Add a feature's block (contiguous, at most :data:`BLOCK` rows); False if it holds an inf.
 
     The first sweep finds the largest ``|x|`` and the smallest nonzero ``|x|``
@@ -414,189 +386,148 @@ def _add_lane(
     extremes[0, c], extremes[1, c], extremes[2, c] = lo, hi, extremes[2, c] + nans
     path, t = _path(top, bottom)
     if path == _FAST:
-        _set_constants(t, ws, 0, 1, 1)
-        _fast_lane(lane, ws)
-        _add_digit_sums(ws, 0, 1, 1, lane.shape[0], t, c, b1, b2, ranges)
+        k = _grid_constants(t)
+        _add_sums(_fast_lane(lane, k), k, c, lane.shape[0], t, b1, b2, ranges)
     elif path == _GENERAL:
         return _general_lane(lane, c, b1, b2, ranges)
     return True
 
 
 @numba.njit(inline="always")
-def _aligned_zeros(n: int) -> np.ndarray:
-    """``n`` zeroed uint64 from a 64-byte boundary: the sweeps' vector loads and stores never straddle a cache line.
+def _range_update(v: float, r: tuple) -> tuple:
+    """One value's update of a feature's largest ``|x|``, smallest nonzero ``|x|``, min, max and NaN count.
 
-    (Straddling ones made the digit sweep 1.5x slower.)
+    Every comparison is false for a NaN ``v``, which leaves the first four;
+    on values in registers each select is one vmaxpd/vminpd (on values in
+    memory, a masked store: 2x slower).
     """
-    raw = np.zeros(n + 7, np.uint64)
-    skip = (-raw.ctypes.data) % 64 // 8
-    return raw[skip : skip + n]
+    a = abs(v)
+    b = a if a != 0.0 else np.inf
+    return (
+        a if a > r[0] else r[0],
+        b if b < r[1] else r[1],
+        v if v < r[2] else r[2],
+        v if v > r[3] else r[3],
+        r[4] + (1.0 if v != v else 0.0),
+    )
 
 
-@numba.njit(nogil=True, cache=True)
-def _segment_ranges(flat: np.ndarray, first: int, count: int, width: int, stride: int, tb: np.ndarray) -> None:
-    """Per position ``p``: largest ``|x|`` (``tb[p]``), smallest nonzero ``|x|``, min, max and NaN count.
+@numba.njit(inline="always")
+def _group_ranges(flat: np.ndarray, rows: int, f: int, j: int, tb: np.ndarray) -> None:
+    """:func:`_range_update` over ``rows`` rows (``f`` apart in ``flat``) of features ``j .. j + 3``, into ``tb[:, j:j + 4]``.
 
-    The last four at ``tb[k * _GROUP + p]``, ``k = 1 .. 4``. Over the
-    ``count`` segments ``flat[first + s * stride :][:width]``; NaN is none
-    of the first four. ``llvm.maxnum``/``minnum`` keep the loop over a
-    segment vectorised (a select on the stored value becomes a masked store).
+    The four features' running values stay in registers, where the SLP
+    vectoriser packs each quantity into one vector. (Unsigned indices: no
+    negative-index wraparound, so the four loads are seen as neighbours.)
     """
-    for p in range(width):
-        tb[p] = 0.0
-        tb[_GROUP + p] = np.inf
-        tb[2 * _GROUP + p] = np.inf
-        tb[3 * _GROUP + p] = -np.inf
-        tb[4 * _GROUP + p] = 0.0
-    for s in range(count):
-        seg = flat[first + s * stride : first + s * stride + width]
-        for p in range(width):
-            v = np.float64(seg[p])
-            a = abs(v)
-            tb[p] = _larger(tb[p], a)
-            tb[_GROUP + p] = _smaller_nonzero(tb[_GROUP + p], a)
-            tb[2 * _GROUP + p] = _smaller(tb[2 * _GROUP + p], v)
-            tb[3 * _GROUP + p] = _larger(tb[3 * _GROUP + p], v)
-            tb[4 * _GROUP + p] += v != v
+    r0 = r1 = r2 = r3 = (0.0, np.inf, np.inf, -np.inf, 0.0)
+    u = np.uint64(0)
+    for _ in range(rows):
+        r0 = _range_update(np.float64(flat[u]), r0)
+        r1 = _range_update(np.float64(flat[u + np.uint64(1)]), r1)
+        r2 = _range_update(np.float64(flat[u + np.uint64(2)]), r2)
+        r3 = _range_update(np.float64(flat[u + np.uint64(3)]), r3)
+        u += np.uint64(f)
+    for q in range(5):
+        tb[q, j], tb[q, j + 1], tb[q, j + 2], tb[q, j + 3] = r0[q], r1[q], r2[q], r3[q]
 
 
-@numba.njit(nogil=True, cache=True)
-def _segment_digits(flat: np.ndarray, first: int, count: int, width: int, stride: int, ws: np.ndarray) -> None:
-    """Fast path across positions: add the digits per position ``p`` to the sums ``ws[(8 + q) * _GROUP + p]``.
-
-    Over the same segments as :func:`_segment_ranges`, with the arithmetic of
-    :func:`_fast_lane` and each position's constants from ``ws``. The
-    constants and sums sit at fixed offsets of one array, so the loop over a
-    segment vectorises without aliasing checks between them. It also
-    prefetches the next block's segments: their first sweep then reads the
-    cache while this sweep's arithmetic keeps memory busy (10% faster).
-    """
-    size = flat.itemsize
-    ahead = flat.ctypes.data + (first + count * stride) * size  # the next block's segments
-    for s in range(count):
-        for b in range(0, width * size, 64):
-            _prefetch(ahead + s * stride * size + b)
-        seg = flat[first + s * stride : first + s * stride + width]
-        for p in range(width):
-            d0, d1, d2, d3, d4, d5, d6, d7 = _digits(
-                np.float64(seg[p]),
-                _constant(ws, 0, p),
-                _constant(ws, 1, p),
-                _constant(ws, 2, p),
-                _constant(ws, 3, p),
-                _constant(ws, 4, p),
-                _constant(ws, 5, p),
-                _constant(ws, 6, p),
-                _constant(ws, 7, p),
-            )
-            ws[8 * _GROUP + p] += d0
-            ws[9 * _GROUP + p] += d1
-            ws[10 * _GROUP + p] += d2
-            ws[11 * _GROUP + p] += d3
-            ws[12 * _GROUP + p] += d4
-            ws[13 * _GROUP + p] += d5
-            ws[14 * _GROUP + p] += d6
-            ws[15 * _GROUP + p] += d7
+@numba.njit(inline="always")
+def _lane_constants(ks: np.ndarray, c: int) -> tuple:
+    """Feature ``c``'s grid constants, column ``c`` of ``ks``."""
+    return (ks[0, c], ks[1, c], ks[2, c], ks[3, c], ks[4, c], ks[5, c], ks[6, c], ks[7, c])
 
 
-@numba.njit(nogil=True, cache=True)
-def _add_pending(
-    work: np.ndarray,
-    f: int,
-    m: int,
-    pending: np.ndarray,
-    tops: np.ndarray,
-    b1: np.ndarray,
-    b2: np.ndarray,
-    ranges: np.ndarray,
+@numba.njit(inline="always")
+def _group_digits(
+    flat: np.ndarray, rows: int, f: int, j: int, ks: np.ndarray, sums: np.ndarray, spare: np.ndarray, ahead: int
 ) -> None:
-    """Add every feature's pending digit sums (see :func:`_row_sums`) to its buckets."""
-    for c in range(f):
-        if pending[c] > 0:
-            g = c - c % _GROUP
-            ws = work[(g // _GROUP) * 16 * _GROUP : (g // _GROUP + 1) * 16 * _GROUP]
-            _add_digit_sums(ws, c - g, min(_GROUP, f - g), m, pending[c], tops[c], c, b1, b2, ranges)
-            pending[c] = 0
+    """Fast path of features ``j .. j + 3`` over ``rows`` rows: their digit sums on the grids ``ks`` into ``sums[:, j:j + 4]``.
+
+    As :func:`_group_ranges`, the sums in registers. The sums pass through
+    ``spare`` at fixed offsets (neighbouring stores start the SLP
+    vectoriser's search). Each row also asks for the memory ``ahead`` bytes
+    on (the next panel's row): its first sweep then reads the cache while
+    this sweep's arithmetic keeps memory busy.
+    """
+    k0, k1, k2, k3 = _lane_constants(ks, j), _lane_constants(ks, j + 1), _lane_constants(ks, j + 2), _lane_constants(ks, j + 3)
+    s0 = s1 = s2 = s3 = _NO_SUMS
+    u = np.uint64(0)
+    address = flat.ctypes.data + ahead
+    for _ in range(rows):
+        _prefetch(address)
+        address += f * flat.itemsize
+        s0 = _digit_update(np.float64(flat[u]), k0, s0)
+        s1 = _digit_update(np.float64(flat[u + np.uint64(1)]), k1, s1)
+        s2 = _digit_update(np.float64(flat[u + np.uint64(2)]), k2, s2)
+        s3 = _digit_update(np.float64(flat[u + np.uint64(3)]), k3, s3)
+        u += np.uint64(f)
+    for q in range(8):
+        spare[4 * q], spare[4 * q + 1], spare[4 * q + 2], spare[4 * q + 3] = s0[q], s1[q], s2[q], s3[q]
+    for q in range(8):
+        for i in range(_LANES):
+            sums[q, j + i] = spare[4 * q + i]
 
 
 @numba.njit(nogil=True, cache=True)
 def _row_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray, extremes: np.ndarray) -> bool:
-    """Add every value of a C-contiguous (rows, features) ``x``; False if it holds an inf.
+    """Add every value of a C-contiguous (rows, features) ``x``, at least :data:`_LANES` features; False if it holds an inf.
 
-    Read in place, a row segment at a time across the features, in blocks of
-    rows (:data:`_LANE_VALUES` values, at most :data:`_PENDING_ROWS` rows)
-    and groups of :data:`_GROUP` features, each group with its own work
-    array. With at most ``_GROUP`` features,
-    ``copies`` consecutive rows make one contiguous segment (``copies * f <=
-    _GROUP`` positions, each feature at ``copies`` positions), so narrow
-    blocks vectorise too. Per block, a first sweep finds each position's range
-    and so each feature's path; a second, from the cache, adds the digits of
-    every position with its feature's constants to the sums in the work
-    array. A feature keeps the grids of a larger ``T`` while they hold its
-    blocks; its sums are added to its buckets only when its grids change, when
-    it leaves the fast path, before they would pass :data:`_PENDING_ROWS`
-    rows, and at the end. Features off the fast path get the constants of ``T = 0``
-    (their sums are cleared) and are added on their own.
+    Read in place, in blocks of rows by panels of features (see the module
+    docstring). Per panel, a first sweep finds each feature's range and so its
+    path (and its extremes); a second, from the cache, adds the digits of the
+    fast-path features; their sums go to the buckets, and the general-path
+    features are added on their own. The panels share the features equally
+    (so that each sweep's prefetches cover the next panel). Each sweep goes
+    down the block's rows four features at a time; a four that passes the
+    panel's end is swept again with the next panel, and when the features are
+    not a multiple of four, the last four overlap the ones before (features
+    swept twice are added once).
+    Compiled when the module loads, with the SLP vectoriser and without the
+    loop vectoriser (:func:`~scalepipe._numba_build.slp_vectorised`).
     """
     n, f = x.shape
-    if n == 0 or f == 0:
-        return True
     flat = x.reshape(-1)
-    groups = -(-f // _GROUP)
-    work = _aligned_zeros(groups * 16 * _GROUP)
-    tb = _aligned_zeros(5 * _GROUP).view(np.float64)
-    paths = np.empty(_GROUP, np.int64)
-    pending = np.zeros(f, np.int64)  # rows in a feature's digit sums
-    tops = np.full(f, _NO_GRIDS, np.int64)  # the T of its constants in the work array
-    copies = max(1, _GROUP // f)
-    lane = (min(_PENDING_ROWS, _LANE_VALUES // min(f, _GROUP)) // copies) * copies
-    m = copies
+    tb = np.empty((5, f))
+    ks = np.zeros((8, f))
+    sums = np.empty((8, f), np.uint64)
+    spare = np.empty(8 * _LANES, np.uint64)
+    paths = np.empty(f, np.int64)
+    tops = np.full(f, _NO_GRIDS, np.int64)  # the T of each feature's constants in ks
+    panels = -(-f // _PANEL)
+    lane = max(1, min(_ROWS, _PANEL_VALUES // -(-f // panels)))
     for start in range(0, n, lane):
-        rows = min(lane, n - start)
-        if rows % copies != 0:  # a last, ragged block: one row per segment, with constants laid out again
-            _add_pending(work, f, m, pending, tops, b1, b2, ranges)
-            tops[:] = _NO_GRIDS
-            m = 1
-        for g in range(0, f, _GROUP):
-            w = min(_GROUP, f - g)
-            ws = work[(g // _GROUP) * 16 * _GROUP : (g // _GROUP + 1) * 16 * _GROUP]
-            first = start * f + g
-            _segment_ranges(flat, first, rows // m, m * w, m * f, tb)
+        stop = min(start + lane, n)
+        rows = stop - start
+        for panel in range(panels):
+            p0, p1 = panel * f // panels, (panel + 1) * f // panels
+            ahead = (p1 - p0 if p1 < f else rows * f - p0) * flat.itemsize  # to the same place in the next panel
+            for j in range(p0, p1, _LANES):
+                g = min(j, f - _LANES)
+                _group_ranges(flat[start * f + g :], rows, f, g, tb)
             fast = False
-            for j in range(w):
-                c = g + j
-                top, bottom = 0.0, np.inf
-                for r in range(m):
-                    top = max(top, tb[r * w + j])
-                    bottom = min(bottom, tb[_GROUP + r * w + j])
-                    extremes[0, c] = _smaller(extremes[0, c], tb[2 * _GROUP + r * w + j])
-                    extremes[1, c] = _larger(extremes[1, c], tb[3 * _GROUP + r * w + j])
-                    extremes[2, c] += tb[4 * _GROUP + r * w + j]
-                path, t = _path(_bits(top), _bits(bottom))
-                if path == _FAST and t < tops[c] and _fits(tops[c], _bits(bottom)):
-                    t = tops[c]  # the grids in place hold this block too
-                paths[j] = path
-                if pending[c] > 0 and (path != _FAST or t != tops[c] or pending[c] + rows > _PENDING_ROWS):
-                    _add_digit_sums(ws, j, w, m, pending[c], tops[c], c, b1, b2, ranges)
-                    pending[c] = 0
-                if path != _FAST:
-                    t = _NO_GRIDS  # sums cleared after the sweep
-                if t != tops[c]:
-                    _set_constants(t if path == _FAST else 0, ws, j, w, m)
+            for c in range(p0, p1):
+                extremes[0, c] = _smaller(extremes[0, c], tb[2, c])
+                extremes[1, c] = _larger(extremes[1, c], tb[3, c])
+                extremes[2, c] += tb[4, c]
+                path, t = _path(_bits(tb[0, c]), _bits(tb[1, c]))
+                paths[c] = path
+                if path == _FAST and t != tops[c]:
+                    k = _grid_constants(t)
+                    for q in range(8):
+                        ks[q, c] = k[q]
                     tops[c] = t
                 fast |= path == _FAST
             if fast:
-                _segment_digits(flat, first, rows // m, m * w, m * f, ws)
-            for j in range(w):
-                if paths[j] == _FAST:
-                    pending[g + j] += rows
-                    continue
-                for q in range(8, 16):
-                    for r in range(m):
-                        ws[q * _GROUP + r * w + j] = 0
-                if paths[j] == _GENERAL and not _general_lane(x[start : start + rows, g + j], g + j, b1, b2, ranges):
+                for j in range(p0, p1, _LANES):
+                    g = min(j, f - _LANES)
+                    _group_digits(flat[start * f + g :], rows, f, g, ks, sums, spare, ahead)
+            for c in range(p0, p1):
+                if paths[c] == _FAST:
+                    s = (sums[0, c], sums[1, c], sums[2, c], sums[3, c], sums[4, c], sums[5, c], sums[6, c], sums[7, c])
+                    _add_sums(s, _lane_constants(ks, c), c, rows, tops[c], b1, b2, ranges)
+                elif paths[c] == _GENERAL and not _general_lane(x[start:stop, c], c, b1, b2, ranges):
                     return False
-    _add_pending(work, f, m, pending, tops, b1, b2, ranges)
     return True
 
 
@@ -605,11 +536,10 @@ def _column_sums(
     flat: np.ndarray, stride: int, n: int, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray, extremes: np.ndarray
 ) -> bool:
     """Add every value of the columns ``flat[j * stride : j * stride + n]``; False if one holds an inf."""
-    ws = np.zeros(16 * _GROUP, np.uint64)
     for j in range(b1.shape[0]):
         for start in range(0, n, BLOCK):
             lane = flat[j * stride + start : j * stride + min(start + BLOCK, n)]
-            if not _add_lane(lane, j, ws, b1, b2, ranges, extremes):
+            if not _add_lane(lane, j, b1, b2, ranges, extremes):
                 return False
     return True
 
@@ -628,7 +558,11 @@ def bucket_sums(
     ranges = np.array([1 << 30, 0, 1 << 30, 0], np.int64)
     n, f = x.shape
     size = x.itemsize
-    if x.strides[0] == size and x.strides[1] >= 0 and x.strides[1] % size == 0:
+    columns = x.strides[0] == size and x.strides[1] >= 0 and x.strides[1] % size == 0
+    if not columns and f < _LANES:
+        x = np.array(x, order="F")  # too narrow for the row path: a column-major copy (its strides[0] is size)
+        columns = True
+    if columns:
         # Columns contiguous (Fortran order, or rows sliced from it): one flat
         # view from the first value to the last holds every column at a fixed
         # stride, and reads as contiguous lanes.
@@ -676,3 +610,11 @@ def limbs_from_buckets(buckets: np.ndarray, lo: int, hi: int, limbs: np.ndarray)
             limbs[c, k + 1] += (low >> _LIMB_BITS) + (high & _LIMB_MASK)
             limbs[c, k + 2] += high >> _LIMB_BITS
     normalise(limbs)
+
+
+_INT2 = types.Array(types.int64, 2, "C")
+_BLOCKS = [types.Array(t, 2, "C", readonly=r) for t in (types.float64, types.float32) for r in (False, True)]
+with slp_vectorised(loops=False):
+    for _block in _BLOCKS:
+        _row_sums.compile((_block, _INT2, _INT2, types.Array(types.int64, 1, "C"), types.Array(types.float64, 2, "C")))
+_row_sums.disable_compile()  # another type would compile without the vectorisers' settings: an error instead

@@ -19,16 +19,14 @@ rounding stays at the level of a few ulps for any number of rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
-from numba.core import config
-from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import intrinsic
+
+from ._numba_build import slp_vectorised
 
 #: Rows per sub-block: the unit of Chan's merge, of a re-sweep when needed and
 #: of the transposition of a column-major block (its tile stays in the L1/L2 cache).
@@ -126,7 +124,7 @@ def _sweep_groups(x, stop, pivot, c, d, q, mn, mx) -> None:
 
     The same operations on each column in the same order (so the same
     bits), but the sums stay in registers, which the SLP vectoriser packs
-    into one vector per sum (see :func:`_slp_vectorised`).
+    into one vector per sum (see :func:`~scalepipe._numba_build.slp_vectorised`).
     """
     f = x.shape[1]
     j = 0
@@ -320,7 +318,7 @@ def column_moments(addresses: np.ndarray, strides: np.ndarray, codes: np.ndarray
     (:func:`_sweep_groups`), so the columns need not share a dtype or a
     buffer (pandas' and Arrow's columns are read in place) and the results
     equal :func:`moments`' on the same values, bit for bit. Compiled when
-    the module loads, with the SLP vectoriser (:func:`_slp_vectorised`).
+    the module loads, with the SLP vectoriser (:func:`~scalepipe._numba_build.slp_vectorised`).
     """
     f = addresses.shape[0]
     state = _new_state(f)
@@ -460,26 +458,6 @@ def bin_counts(
         tallies[3, j] += outside
 
 
-@contextmanager
-def _slp_vectorised() -> Iterator[None]:
-    """numba's SLP vectoriser on for the compilations inside the block only.
-
-    It packs like scalar operations on neighbouring columns into vector ones
-    (:func:`_sweep_groups`: 3-4x faster); numba leaves it off by default for
-    all code, as it once miscompiled some. It never reorders floating-point
-    operations, and the tests compare these kernels with the numpy reference.
-    Holding numba's compiler lock keeps other threads' compilations out of
-    the block.
-    """
-    with global_compiler_lock:
-        saved = config.SLP_VECTORIZE
-        config.SLP_VECTORIZE = True
-        try:
-            yield
-        finally:
-            config.SLP_VECTORIZE = saved
-
-
 _POINTERS = types.Array(types.int64, 1, "C")
-with _slp_vectorised():
+with slp_vectorised():
     column_moments.compile((_POINTERS, _POINTERS, _POINTERS, types.int64))

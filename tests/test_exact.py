@@ -286,7 +286,7 @@ def _row_groups_block(seed: int) -> np.ndarray:
     )
     cols = np.concatenate([edges, special, edges * -3.0, special[:, ::-1]], axis=1)
     cols = cols[:, rng.permutation(cols.shape[1])]
-    width = _exact_numba._GROUP + 9
+    width = _exact_numba._PANEL + 9
     x = np.concatenate([cols] * -(-width // cols.shape[1]), axis=1)[:, :width]
     x[rng.random(x.shape) < 0.03] = np.nan
     return np.ascontiguousarray(x)
@@ -300,7 +300,7 @@ def test_numba_row_path_identical(seed, monkeypatch):
     path's, and Fraction's sums."""
     x = _row_groups_block(seed)
     lane = _exact_numba.BLOCK
-    group = _exact_numba._GROUP
+    group = _exact_numba._PANEL
     blocks = [x, x[:1], x[:0], x[lane - 2 : lane + 5], x[:, : group - 1], x[:, group - 3 :], x[5:6, 7:9]]
     for block in blocks:
         monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
@@ -314,21 +314,20 @@ def test_numba_row_path_identical(seed, monkeypatch):
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
-@pytest.mark.parametrize("f", [1, 5, 16, 64])
-def test_numba_row_path_keeps_digit_sums_across_blocks(f, monkeypatch):
-    """The row path keeps each feature's digit sums over many blocks while its
-    grids hold: the scale stepping up and down within and across blocks, the
-    grids of larger values kept until a block's smallest value no longer fits
-    them, large digits of one sign over more rows than are kept at once, a
-    feature leaving the fast path for one block, all-NaN and zero stretches,
-    and a ragged last block."""
+@pytest.mark.parametrize("f", [1, 5, 16, 64, 70])
+def test_numba_row_path_across_blocks_and_panels(f, monkeypatch):
+    """The row path over many blocks (and two panels for 70 features): the
+    scale stepping up and down within and across blocks (a feature's grids
+    change), large digits of one sign over whole blocks, a feature leaving
+    the fast path for one block, all-NaN and zero stretches, and a ragged
+    last block."""
     rng = np.random.default_rng(f)
-    n = 5 * _exact_numba._PENDING_ROWS + 7
+    n = 5 * _exact_numba._ROWS + 7
     x = rng.standard_normal((n, f)) * np.resize([1.0, 3.0, 1e-5, 1e8], f)
-    step = max(1, _exact_numba._LANE_VALUES // f // 3)
+    step = max(1, _exact_numba._PANEL_VALUES // min(f, _exact_numba._PANEL) // 3)
     x *= np.exp2((np.arange(n) // step) % 5 - 2.0)[:, None]  # the top exponent moves every third of a block
     x[: n // 2, 0] *= 1000.0
-    x[n // 2 + 2 * _exact_numba._PENDING_ROWS :: 97, 0] = 2.0**-15  # fits its own grids, not those of 1000
+    x[n // 2 + 2 * _exact_numba._ROWS :: 97, 0] = 2.0**-15
     if f > 1:
         x[:, 1] = 2.0 - 2.0**-20  # digits near 2**25 units, all positive
     if f > 2:
@@ -342,6 +341,8 @@ def test_numba_row_path_keeps_digit_sums_across_blocks(f, monkeypatch):
     monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
     assert chunk_exact_sums(x).identical(want)
     assert chunk_exact_sums(np.asfortranarray(x)).identical(want)
+    x.flags.writeable = False  # read-only blocks (memory maps, Arrow buffers) take the same kernel
+    assert chunk_exact_sums(x).identical(want)
     if f == 5:
         check_against_reference(x)
 
@@ -374,12 +375,12 @@ def test_numba_row_path_float32_and_ints(monkeypatch):
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
 def test_numba_row_path_inf_in_a_later_group():
-    x = np.ones((3 * _exact_numba.BLOCK, _exact_numba._GROUP + 6))
+    x = np.ones((3 * _exact_numba.BLOCK, _exact_numba._PANEL + 6))
     x[:, 1] = 1e-300  # general path before the inf
-    x[2 * _exact_numba.BLOCK + 4, _exact_numba._GROUP + 2] = np.inf
+    x[2 * _exact_numba.BLOCK + 4, _exact_numba._PANEL + 2] = np.inf
     with pytest.raises(NonFiniteError) as info:
         chunk_exact_sums(x)
-    assert info.value.positions == [_exact_numba._GROUP + 2]
+    assert info.value.positions == [_exact_numba._PANEL + 2]
 
 
 def _pieces(x: np.ndarray, n_pieces: int, seed: int) -> list[np.ndarray]:
