@@ -483,8 +483,8 @@ def _row_sums(x: np.ndarray, b1: np.ndarray, b2: np.ndarray, ranges: np.ndarray,
     panel's end is swept again with the next panel, and when the features are
     not a multiple of four, the last four overlap the ones before (features
     swept twice are added once).
-    Compiled when the module loads, with the SLP vectoriser and without the
-    loop vectoriser (:func:`~scalepipe._numba_build.slp_vectorised`).
+    Call it through :func:`_row_kernel`, which compiles it with the SLP
+    vectoriser and without the loop vectoriser.
     """
     n, f = x.shape
     flat = x.reshape(-1)
@@ -570,7 +570,8 @@ def bucket_sums(
         flat = np.lib.stride_tricks.as_strided(x, ((f - 1) * stride + n,), (size,), writeable=False)
         ok = _column_sums(flat, stride, n, b1, b2, ranges, extremes)
     else:
-        ok = _row_sums(np.ascontiguousarray(x), b1, b2, ranges, extremes)
+        x = np.ascontiguousarray(x)
+        ok = _row_kernel(x)(x, b1, b2, ranges, extremes)
     if not ok:
         return None
     lo1, hi1, lo2, hi2 = (int(v) for v in ranges)
@@ -612,9 +613,22 @@ def limbs_from_buckets(buckets: np.ndarray, lo: int, hi: int, limbs: np.ndarray)
     normalise(limbs)
 
 
-_INT2 = types.Array(types.int64, 2, "C")
-_BLOCKS = [types.Array(t, 2, "C", readonly=r) for t in (types.float64, types.float32) for r in (False, True)]
-with slp_vectorised(loops=False):
-    for _block in _BLOCKS:
-        _row_sums.compile((_block, _INT2, _INT2, types.Array(types.int64, 1, "C"), types.Array(types.float64, 2, "C")))
-_row_sums.disable_compile()  # another type would compile without the vectorisers' settings: an error instead
+
+_ROW_ARGS = (types.Array(types.int64, 2, "C"),) * 2 + (types.Array(types.int64, 1, "C"), types.Array(types.float64, 2, "C"))
+
+
+def _row_kernel(x: np.ndarray) -> numba.core.registry.CPUDispatcher:
+    """:func:`_row_sums`, compiled for ``x``'s type (float64 or float32; writable, aligned or not) on first use.
+
+    Compiled explicitly, within :func:`~scalepipe._numba_build.slp_vectorised`
+    with the loop vectoriser off: a plain call would compile without them.
+    """
+    key = (x.dtype.char, x.flags.writeable, x.flags.aligned)
+    if key not in _ROW_KERNELS:
+        with slp_vectorised(loops=False):
+            _row_sums.compile((numba.typeof(x),) + _ROW_ARGS)
+        _ROW_KERNELS.add(key)
+    return _row_sums
+
+
+_ROW_KERNELS: set[tuple[str, bool, bool]] = set()

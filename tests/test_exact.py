@@ -374,6 +374,26 @@ def test_numba_row_path_float32_and_ints(monkeypatch):
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
+def test_numba_row_path_compiled_with_its_vectoriser_settings(monkeypatch):
+    """Each array type the row path meets (float32/64, read-only, unaligned) is
+    compiled by ``_row_kernel``, none by a plain call (which would leave out
+    the SLP vectoriser, 3-4x slower); the sums are the numpy kernel's."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((300, 6))
+    x[::7, 2] = np.nan
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    unaligned = np.frombuffer(b"\0" + x.astype(np.float32).tobytes(), np.float32, offset=1).reshape(x.shape)
+    assert not unaligned.flags.aligned and unaligned.flags.c_contiguous
+    for block in (x, read_only, x.astype(np.float32), unaligned):
+        monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "1")
+        want = chunk_exact_sums(block.astype(np.float64))
+        monkeypatch.setenv("SCALEPIPE_NO_NUMBA", "")
+        assert chunk_exact_sums(block).identical(want), (block.dtype, block.flags)
+    assert len(_exact_numba._row_sums.signatures) == len(_exact_numba._ROW_KERNELS) >= 4
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")
 def test_numba_row_path_inf_in_a_later_group():
     x = np.ones((3 * _exact_numba.BLOCK, _exact_numba._PANEL + 6))
     x[:, 1] = 1e-300  # general path before the inf
