@@ -570,7 +570,7 @@ def bucket_sums(
         flat = np.lib.stride_tricks.as_strided(x, ((f - 1) * stride + n,), (size,), writeable=False)
         ok = _column_sums(flat, stride, n, b1, b2, ranges, extremes)
     else:
-        x = np.ascontiguousarray(x)
+        x = np.require(x, requirements=("C", "A"))  # an unaligned block is copied (it would need a kernel of its own)
         ok = _row_kernel(x)(x, b1, b2, ranges, extremes)
     if not ok:
         return None
@@ -618,12 +618,12 @@ _ROW_ARGS = (types.Array(types.int64, 2, "C"),) * 2 + (types.Array(types.int64, 
 
 
 def _row_kernel(x: np.ndarray) -> numba.core.registry.CPUDispatcher:
-    """:func:`_row_sums`, compiled for ``x``'s type (float64 or float32; writable, aligned or not) on first use.
+    """:func:`_row_sums`, compiled for ``x``'s type (float64 or float32, writable or not) on first use.
 
     Compiled explicitly, within :func:`~scalepipe._numba_build.slp_vectorised`
     with the loop vectoriser off: a plain call would compile without them.
     """
-    key = (x.dtype.char, x.flags.writeable, x.flags.aligned)
+    key = (x.dtype.char, x.flags.writeable)
     if key not in _ROW_KERNELS:
         with slp_vectorised(loops=False):
             _row_sums.compile((numba.typeof(x),) + _ROW_ARGS)
@@ -631,4 +631,4 @@ def _row_kernel(x: np.ndarray) -> numba.core.registry.CPUDispatcher:
     return _row_sums
 
 
-_ROW_KERNELS: set[tuple[str, bool, bool]] = set()
+_ROW_KERNELS: set[tuple[str, bool]] = set()
