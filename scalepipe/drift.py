@@ -263,7 +263,7 @@ class DriftResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready data (non-finite numbers as ``null``)."""
+        """JSON-ready data (NaN, a statistic not computed, as ``null``; infinities as ``"Infinity"``/``"-Infinity"``)."""
         return {
             "flagged": self.flagged,
             "rows": self.rows,
@@ -284,15 +284,23 @@ class DriftResult:
 
 
 def _num(v: float, spec: str) -> str:
-    return "-" if math.isnan(v) else ("inf" if math.isinf(v) else format(v, spec))
+    """``v`` in the fixed-point ``spec``; from 1e6 on in exponent form (a shift of 1e299 std was 300 digits wide)."""
+    if math.isnan(v):
+        return "-"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return format(v, spec if abs(v) < 1e6 else spec.replace("f", "e"))
 
 
 def _pct(v: float) -> str:
     return "-" if math.isnan(v) else f"{100 * v:.2f}%"
 
 
-def _json_number(v: float) -> float | None:
-    return v if math.isfinite(v) else None
+def _json_number(v: float) -> float | str | None:
+    """``v`` for JSON, which has no NaN or infinity: NaN (not computed) as null, infinities as the artifact's strings."""
+    if math.isnan(v):
+        return None
+    return v if math.isfinite(v) else ("Infinity" if v > 0 else "-Infinity")
 
 
 @dataclass(frozen=True, eq=False)

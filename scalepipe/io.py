@@ -39,6 +39,7 @@ Runtime knobs (``dask.config``, read at call time):
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as _dt
 import decimal
@@ -809,6 +810,8 @@ def read_array(
                     "pip install 'scalepipe[netcdf]' (h5netcdf with h5py)"
                 )
             ds = xr.open_dataset(local, engine="h5netcdf", chunks={})
+            atexit.unregister(_close_open_files)  # once
+            atexit.register(_close_open_files)
         else:
             raise InputError(f"array format {format!r} is not supported; use 'zarr' or 'netcdf'")
     except ScalepipeError:
@@ -826,6 +829,19 @@ def read_array(
             + ", ".join(repr(str(v)) for v in ds.data_vars)
         )
     return ds[list(variables)]
+
+
+def _close_open_files() -> None:
+    """Close the files xarray keeps open (its file cache) while h5py can still close them.
+
+    Left to the interpreter's shutdown, h5py is torn down first and each
+    NetCDF input printed an "Exception ignored ... TypeError" traceback.
+    """
+    from xarray.backends.file_manager import FILE_CACHE
+
+    size = FILE_CACHE.maxsize
+    FILE_CACHE.maxsize = 0  # evicts (and closes) every file
+    FILE_CACHE.maxsize = size
 
 
 # --------------------------------------------------------------------------

@@ -205,3 +205,25 @@ def test_an_infinite_unseen_key_is_json():
     new = pd.DataFrame({"k": [1.0, np.inf, -np.inf], "x": [1.0, 2.0, 3.0]})
     doc = json.loads(json.dumps(drift_report(model, new).to_dict(), allow_nan=False))
     assert sorted(doc["unseen"]["keys"]) == ["-Infinity", "Infinity"]
+
+
+def test_infinite_and_huge_statistics_in_the_table_and_json():
+    """A constant fitted column that moved has an infinite mean shift and
+    variance ratio: ``--json`` wrote them as null, which reads as "not
+    computed" (``no_values``); now as the artifact's "Infinity" strings. A
+    shift of 1e16 std was printed with 17 digits before the point."""
+    train = pd.DataFrame({"const": [5.0] * 4, "tiny": [1.0, 1.0, 1.0, np.nextafter(1.0, 2.0)]})
+    model = sp.fit(train)
+    new = pd.DataFrame({"const": [6.0, 7.0, 6.0, 7.0], "tiny": [2.0] * 4})
+    result = drift_report(model, new)
+    const, tiny = result.features
+    assert math.isinf(const.mean_shift) and math.isinf(const.variance_ratio) and const.flagged
+    doc = json.loads(json.dumps(result.to_dict(), allow_nan=False))["features"]
+    assert doc[0]["mean_shift"] == "Infinity" and doc[0]["variance_ratio"] == "Infinity"
+    assert doc[1]["variance_ratio"] == 0.0
+    u = np.nextafter(1.0, 2.0) - 1.0
+    want = (1.0 - u / 4) / (u * math.sqrt(3) / 4)  # (2 - mean) / std, exactly: mean 1 + u/4, std u sqrt(3)/4
+    assert tiny.mean_shift == pytest.approx(want, rel=1e-12) and want > 1e15
+    rows = {line.split()[0]: line.split() for line in result.table().splitlines()[1:3]}
+    assert rows["const"][3:5] == ["inf", "inf"]
+    assert rows["tiny"][3] == format(tiny.mean_shift, "+.3e")
