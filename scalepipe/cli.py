@@ -111,12 +111,26 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _check_overrides(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--set`` items not of the form ``KEY.PATH=VALUE`` are a usage error (exit 2), before the config is read."""
+    if not values:
+        return values
+    from .config import split_override
+
+    for item in values:
+        try:
+            split_override(item)
+        except ValueError as err:
+            raise click.BadParameter(f"{item!r}: {err}", ctx=ctx, param=param) from None
+    return values
+
+
 def _job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
             click.argument("config", type=click.Path(dir_okay=False)),
             click.option("--scheduler", metavar="ADDRESS", help="Connect to this Dask scheduler (tcp://host:8786)."),
-            click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable)."),
+            click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", callback=_check_overrides, help="Override a config value (repeatable)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress output."),
             click.option("--debug", is_flag=True, help="Show tracebacks."),
         ]
@@ -214,7 +228,7 @@ def transform(config: str, scheduler: str | None, overrides: tuple[str, ...], qu
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", callback=_check_overrides, help="Override a config value (repeatable).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
 def validate(config: str, overrides: tuple[str, ...]) -> None:
@@ -301,11 +315,11 @@ def report(stats: str, output: str | None) -> None:
 @click.argument("config", type=click.Path(dir_okay=False), required=False)
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), help="Statistics file (default: the config's stats.path).")
 @click.option("--input", "input_path", help="New data (default: the config's input.path).")
-@click.option("--format", "input_format", type=click.Choice(["parquet", "csv"]), help="Format of --input (default: parquet).")
+@click.option("--format", "input_format", type=click.Choice(["parquet", "csv"]), help="Format of --input (default: the CONFIG's input.format, else parquet).")
 @click.option("--threshold", "thresholds", multiple=True, metavar="NAME=VALUE", help="Override a drift threshold, or NAME=off (repeatable).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the result as JSON here.")
 @click.option("--scheduler", metavar="ADDRESS", help="Connect to this Dask scheduler (tcp://host:8786).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config value (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", callback=_check_overrides, help="Override a config value (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
@@ -323,7 +337,7 @@ def drift(
     """Compare new data with fitted statistics; exit 3 when drift crosses a threshold."""
     from .config import ClusterConfig, load_config
     from .drift import DriftThresholds
-    from .errors import ConfigError
+    from .errors import ConfigError, ParameterError
 
     if overrides and not config:
         raise ConfigError("drift: --set changes a CONFIG; give one, or drop --set")
@@ -333,7 +347,10 @@ def drift(
     if stats_path is None or input_path is None:
         raise click.UsageError("give a CONFIG, or both --stats and --input")
     fmt = input_format or (cfg.input.format if cfg else "parquet")
-    limits = DriftThresholds.from_overrides(thresholds)
+    try:
+        limits = DriftThresholds.from_overrides(thresholds)
+    except ParameterError as err:
+        raise click.BadParameter(str(err), param_hint="'--threshold'") from None  # a usage error (exit 2)
     if json_path:
         _check_target("--json", json_path, stats_path, (".json",))
     _load_job_modules()  # after the arguments are checked: their errors come at once

@@ -621,12 +621,27 @@ def _apply_overrides(
     return origins
 
 
-def _parsed_override(override: str, source: str) -> tuple[list[str], Any]:
-    """The dotted keys and the YAML value of ``key.path=value``."""
+def split_override(override: str) -> tuple[list[str], str]:
+    """The dotted keys and the raw value of a ``--set`` item ``key.path=value``.
+
+    Raises
+    ------
+    ValueError
+        Not of that form (no ``=``, or an empty key).
+    """
     key, sep, raw = override.partition("=")
     keys = key.strip().split(".")
     if not sep or not all(keys):
-        raise _FieldError((), "expected KEY.PATH=VALUE, e.g. output.overwrite=true or scalers.0.feature_range=[-1,1]")
+        raise ValueError("expected KEY.PATH=VALUE, e.g. output.overwrite=true or scalers.0.feature_range=[-1,1]")
+    return keys, raw
+
+
+def _parsed_override(override: str, source: str) -> tuple[list[str], Any]:
+    """The dotted keys and the YAML value of ``key.path=value``."""
+    try:
+        keys, raw = split_override(override)
+    except ValueError as exc:
+        raise _FieldError((), str(exc)) from None
     value, _ = _load_yaml(raw, f"{source}: --set {override!r}")
     return keys, value
 

@@ -534,6 +534,24 @@ def test_drift_without_its_inputs_is_a_usage_error():
     assert result.exit_code == 2 and "give a CONFIG, or both --stats and --input" in result.output
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["drift", "--stats", "s.json", "--input", "d", "--threshold", "foo=1"], "foo: not a drift threshold"),
+        (["drift", "--stats", "s.json", "--input", "d", "--threshold", "psi"], "expected NAME=VALUE"),
+        (["drift", "--stats", "s.json", "--input", "d", "--threshold", "psi=lots"], "'lots' is not a number"),
+        (["validate", "job.yaml", "--set", "bogus"], "'bogus': expected KEY.PATH=VALUE"),
+        (["run", "job.yaml", "--set", "=true"], "expected KEY.PATH=VALUE"),
+    ],
+)
+def test_malformed_option_values_are_usage_errors(tmp_path, args, message):
+    """A --threshold or --set value not of its form exited 1 as a job error;
+    like any invalid option value (--format zarr) it is a usage error (2),
+    found before the config or the data is read."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
 def test_version(tmp_path):
     result = scalepipe("--version", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == f"scalepipe, version {sp.__version__}"
