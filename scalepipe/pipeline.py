@@ -232,9 +232,16 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
 
 
 def _check_update_settings(cfg: Config, previous: Model) -> None:
-    """``fit --update`` keeps the artifact's scope, batches and exactness: a config that sets others is refused."""
+    """``fit --update`` keeps the artifact's scope (with its batches and inference statistics) and exactness: a config that sets others is refused."""
     scope = previous.scope
-    kept = {"scope": scope.kind, "key": scope.key, "batch_rows": scope.batch_rows, "exact": previous.exact is not None}
+    kept = {
+        "scope": scope.kind,
+        "key": scope.key,
+        "batch_rows": scope.batch_rows,
+        "min_batch_rows": scope.min_batch_rows,
+        "inference_stats": scope.inference_stats,
+        "exact": previous.exact is not None,
+    }
     for name, value in kept.items():
         if name in cfg.stats.model_fields_set and getattr(cfg.stats, name) != value:
             raise ConfigError(
