@@ -134,6 +134,10 @@ def test_input_columns_limit_what_the_rules_see(tmp_path, client, csv_input):
         "scalers.0.columns=[age]",
         "output.format=parquet",
     )
+    # a rule naming a column that input.columns leaves out: it was "not found in the data (it has 'age', ...)"
+    hidden = job("csv_example.yaml", tmp_path, f"input.path={folder}", "input.columns=[age]", "scalers.0.columns=[age, amount]")
+    with pytest.raises(ColumnError, match=r"scalers\[0\] \(\w+\): column 'amount' is in the input but not selected by input.columns \('age'\)"):
+        validate_job(hidden)
     run_job(cfg, "run", scheduler=client.scheduler.address)
     model = sp.load(tmp_path / "stats.json")
     assert model.feature_names == ["age", "px_1", "px_2", "amount"]
