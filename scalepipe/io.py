@@ -683,7 +683,7 @@ def _read_csv_part(
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError):
             detail = ""
         raise InputError(
-            f"CSV file {path!r} ({where}) cannot be parsed: {detail or exc}"
+            f"CSV file {path!r} ({where}) cannot be parsed: {detail or _file_line(str(exc), path, offset, length)}"
         ) from exc
     for col in wanted:
         if meta[col].dtype.kind in "iu":
@@ -696,6 +696,18 @@ def _read_csv_part(
                 )
             df[col] = converted
     return _conform(df, meta, wanted, path)
+
+
+def _file_line(message: str, path: str, offset: int, length: int) -> str:
+    """pandas' message with its ``line N`` (counted in the block read, after the header) made the file's line number."""
+    found = re.search(r"\bline (\d+)\b", message)
+    if found is None or length < 0:
+        return message
+    lines = 1  # the header, or the line the block starts after
+    with open(path, "rb") as f:
+        for start in range(0, offset, 1 << 20):
+            lines += f.read(min(1 << 20, offset - start)).count(b"\n")
+    return f"{message[: found.start()]}line {lines + int(found.group(1))} of the file{message[found.end() :]}"
 
 
 def _csv_where(offset: int, length: int) -> str:
