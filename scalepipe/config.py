@@ -677,14 +677,21 @@ def _list_index(items: list[Any], key: str, path: KeyPath) -> int:
 
 
 def _first_problem(exc: ValidationError, source: str, lines: Mapping[KeyPath, int], origins: Mapping[KeyPath, str]) -> str:
-    """The first problem in document order, as one line, with a count of the others."""
+    """The first problem in document order, as one line, with a count of the others.
+
+    A missing key beside an unknown one comes after the others: it is most
+    often that key misspelled, whose message says "did you mean".
+    """
+    errors = exc.errors()
+    misspelled = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
     problems = []
-    for error in exc.errors():
+    for error in errors:
         loc, detail = _describe(error)
         line, where = _whereabouts(loc, lines, origins)
-        problems.append((math.inf if line is None else line, loc, detail, where))
-    problems.sort(key=lambda p: p[0])
-    _, loc, detail, where = problems[0]
+        later = error["type"] == "missing" and tuple(error["loc"][:-1]) in misspelled
+        problems.append((later, math.inf if line is None else line, loc, detail, where))
+    problems.sort(key=lambda p: p[:2])
+    *_, loc, detail, where = problems[0]
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{source}: {_dotted(loc)}: {detail}{where}{more}"
 

@@ -220,6 +220,13 @@ BAD = [
         "n_workers, processes, security, threads_per_worker)",
     ),
     (
+        "misspelled-required",  # the missing input.path (line of input:) came first, the hint hidden in "(and 1 more)"
+        MINIMAL.replace("  path: data", "  paht: data"),
+        "input.paht",
+        "paht",
+        "unknown key; did you mean 'path'?",
+    ),
+    (
         "unknown-deep",
         MINIMAL + "cluster:\n  security:\n    ca_file: a\n    cert_file: b\n    keyfile: c\n",
         "cluster.security.keyfile",
