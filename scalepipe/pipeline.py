@@ -389,6 +389,8 @@ def _fit_columns(cfg: Config, schema: dict[str, str]) -> list[str]:
         if not hits:
             raise ColumnError(f"input.columns: {pattern!r} matches no column of the input (it has {', '.join(schema)})")
         chosen += [c for c in hits if c not in chosen]
+    if cfg.stats.key is not None and cfg.stats.key not in chosen:
+        chosen.append(cfg.stats.key)
     for i, scaler in enumerate(cfg.scaler_objects()):
         for name in scaler.columns or ():
             if name in schema and name not in chosen:  # in the data, but not selected: "not found" would mislead
@@ -396,8 +398,6 @@ def _fit_columns(cfg: Config, schema: dict[str, str]) -> list[str]:
                     f"scalers[{i}] ({scaler.method}): column {name!r} is in the input but not selected by input.columns "
                     f"({', '.join(map(repr, cfg.input.columns))}); add it there or remove it from the rule"
                 )
-    if cfg.stats.key is not None and cfg.stats.key not in chosen:
-        chosen.append(cfg.stats.key)
     return chosen
 
 
