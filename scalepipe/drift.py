@@ -462,10 +462,12 @@ def drift_report(
     nm = new.moments
     fit_std, fit_var = m.std(0), m.var(0)
     vanished = nm.count == 0  # every new value missing: no mean, variance or range to compare
-    with np.errstate(divide="ignore", invalid="ignore"):
+    unmeasured = ~np.isfinite(fit_var)  # the fitted variance overflowed float64: no unit for a shift or ratio
+    new_var = np.where(np.isfinite(nm.var(0)) | vanished, nm.var(0), np.inf)  # overflowed: beyond any fitted one
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         diff = (nm.mean - m.mean) + (nm.mean_lo - m.mean_lo)
-        shift = np.where(vanished, np.nan, np.where(diff == 0, 0.0, diff / fit_std))
-        ratio = np.where(vanished, np.nan, np.where(nm.var(0) == fit_var, 1.0, nm.var(0) / fit_var))
+        shift = np.where(vanished | unmeasured, np.nan, np.where(diff == 0, 0.0, diff / fit_std))
+        ratio = np.where(vanished | unmeasured, np.nan, np.where(new_var == fit_var, 1.0, new_var / fit_var))
         outside = np.where(vanished, np.nan, (new.below + new.above) / nm.count)
         rate_fit = m.nan_count / (m.count + m.nan_count)
         rate = nm.nan_count / (nm.count + nm.nan_count)
@@ -501,6 +503,9 @@ def drift_report(
             )
         )
     notes = []
+    if unmeasured.any():
+        names = ", ".join(repr(f.name) for f, u in zip(model.features, unmeasured) if u)
+        notes.append(f"mean_shift and var_ratio not computed for {names}: the fitted variance exceeds float64")
     if thresholds.unseen_share is not None and model.groups is None:
         notes.append("unseen_share applies to the key scope only: not checked")
     if reference is None:

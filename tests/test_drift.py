@@ -227,3 +227,19 @@ def test_infinite_and_huge_statistics_in_the_table_and_json():
     rows = {line.split()[0]: line.split() for line in result.table().splitlines()[1:3]}
     assert rows["const"][3:5] == ["inf", "inf"]
     assert rows["tiny"][3] == format(tiny.mean_shift, "+.3e")
+
+
+def test_variances_beyond_float64():
+    """A fitted variance that overflowed (a min-max column of ~1e160) left
+    mean_shift and var_ratio blank without a word; new data whose variance
+    overflows was never flagged (its ratio was NaN)."""
+    rng = np.random.default_rng(9)
+    train = pd.DataFrame({"huge": rng.standard_normal(400) * 1e160, "x": rng.standard_normal(400)})
+    model = sp.fit(train, [sp.MinMax(["huge"]), sp.ZScore(["x"])])
+    assert not np.isfinite(model.moments.var(0)[0])
+    new = pd.DataFrame({"huge": train["huge"] + 0.5e160, "x": train["x"] * 1e300})
+    result = drift_report(model, new, thresholds={"psi": None})
+    huge, x = result.features
+    assert math.isnan(huge.mean_shift) and math.isnan(huge.variance_ratio)
+    assert "note: mean_shift and var_ratio not computed for 'huge': the fitted variance exceeds float64" in result.table()
+    assert math.isinf(x.variance_ratio) and "variance_ratio" in x.reasons and result.flagged
