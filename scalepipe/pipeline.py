@@ -26,6 +26,7 @@ from .codecs import describe
 from .config import TABLE_FORMATS, Config, config_hash
 from .errors import ColumnError, ConfigError, DataError, OutputError
 from .model import Model, fit, load, resolve_columns
+from .stats import NonFiniteError
 from .views import View, view_of
 
 __all__ = ["JobResult", "drift_job", "run_job", "validate_job"]
@@ -151,7 +152,7 @@ def run_job(
         cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path, partition_files=source.partition_files
     )
     histograms = None
-    with cluster, performance_report(profile):
+    with cluster, performance_report(profile), _naming_the_file(source):
         if mode == "transform" and previous is not None:
             model = previous
         else:
@@ -337,6 +338,34 @@ def _existing_output_problem(cfg: Config) -> str | None:
 def _refuse_existing_output(cfg: Config) -> None:
     if problem := _existing_output_problem(cfg):
         raise OutputError(problem)
+
+
+@contextlib.contextmanager
+def _naming_the_file(source: _Input) -> Iterator[None]:
+    """An infinity found in a table's column (named by its column only) also names the first input file holding one.
+
+    Found by a second read of those columns, on the cluster still open, only
+    when the error happens.
+    """
+    try:
+        yield
+    except NonFiniteError as err:
+        if source.partition_files is None or source.schema is None or not err.names or err.file is not None:
+            raise
+        import dask
+
+        columns = [c for c in err.names if c in source.schema]
+        flags = dask.compute(*(dask.delayed(_holds_inf)(part) for part in source.data[columns].to_delayed())) if columns else ()
+        hits = [i for i, hit in enumerate(flags) if hit]
+        if not hits:
+            raise
+        raise err.in_file(source.partition_files[hits[0]]) from None
+
+
+def _holds_inf(frame: Any) -> bool:
+    import numpy as np
+
+    return bool(np.isinf(frame.to_numpy(dtype="float64", na_value=np.nan)).any())
 
 
 def _ensure_demo_input(cfg: Config, echo: Echo) -> None:

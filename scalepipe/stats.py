@@ -70,24 +70,34 @@ class NonFiniteError(DataError):
     positions
         The positions (in the chunk's feature order) of the offending columns;
         the caller maps them to names with :meth:`named`.
+    names
+        Their names, when known.
+    file
+        The input file holding them, when known (:meth:`in_file`).
     """
 
-    def __init__(self, positions: Sequence[int], names: Sequence[object] | None = None) -> None:
+    def __init__(self, positions: Sequence[int], names: Sequence[object] | None = None, file: str | None = None) -> None:
         self.positions = [int(p) for p in positions]
         self.names = list(names) if names is not None else None
+        self.file = file
         shown = self.names if self.names is not None else self.positions
         label = "columns" if len(shown) > 1 else "column"
+        where = f" (in input file {file!r})" if file is not None else ""
         super().__init__(
-            f"{label} {', '.join(repr(s) for s in shown)}: infinite values are not "
+            f"{label} {', '.join(repr(s) for s in shown)}{where}: infinite values are not "
             "allowed (replace them with NaN to treat them as missing)"
         )
 
     def named(self, names: Sequence[object]) -> NonFiniteError:
         """Return the same error with the columns named by ``names[position]``."""
-        return NonFiniteError(self.positions, [names[p] for p in self.positions])
+        return NonFiniteError(self.positions, [names[p] for p in self.positions], self.file)
+
+    def in_file(self, file: str) -> NonFiniteError:
+        """Return the same error naming the input file that holds the values."""
+        return NonFiniteError(self.positions, self.names, file)
 
     def __reduce__(self):  # survive pickling between Dask workers and the client
-        return (NonFiniteError, (self.positions, self.names))
+        return (NonFiniteError, (self.positions, self.names, self.file))
 
 
 @dataclass(frozen=True, eq=False)

@@ -415,3 +415,33 @@ def test_fit_update_refuses_keys_of_another_type_before_any_work(tmp_path, clien
     with pytest.raises(ColumnError, match=r"^stats\.key: key column 'segment' is float64 \(float\) in the input, but the statistics at stats\.path have text keys"):
         run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler="tcp://127.0.0.1:9")
     assert (tmp_path / "stats.json").read_bytes() == before
+
+
+def test_an_infinity_names_its_input_file(tmp_path, client):
+    """An inf in one of many input files named the column only; the fit and
+    the transform now also name the first file holding one (found by a second
+    read of that column, when the error happens)."""
+    from scalepipe.stats import NonFiniteError
+
+    for folder in ("clean", "bad"):
+        (tmp_path / folder).mkdir()
+    for i in range(5):
+        part = pd.DataFrame({"x": np.arange(100.0) + i, "y": np.ones(100)})
+        part.to_parquet(tmp_path / "clean" / f"p.{i}.parquet", index=False)
+        if i in (2, 4):
+            part.loc[7, "x"] = -np.inf
+        part.to_parquet(tmp_path / "bad" / f"p.{i}.parquet", index=False)
+    address = client.scheduler.address
+    base = ["version: 1", f"stats: {{path: '{tmp_path / 'stats.json'}'}}", "scalers: [{method: zscore}]", "report: false"]
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text("\n".join([*base, f"input: {{format: parquet, path: '{tmp_path / 'bad'}'}}"]) + "\n")
+    file = re.escape(str(tmp_path / "bad" / "p.2.parquet"))
+    with pytest.raises(NonFiniteError, match=rf"column 'x' \(in input file '{file}'\): infinite values"):
+        run_job(load_config(cfg), "fit", scheduler=address)
+    cfg.write_text("\n".join([*base, f"input: {{format: parquet, path: '{tmp_path / 'clean'}'}}"]) + "\n")
+    run_job(load_config(cfg), "fit", scheduler=address)
+    out = [f"output: {{format: parquet, path: '{tmp_path / 'out'}'}}"]
+    cfg.write_text("\n".join([*base, *out, f"input: {{format: parquet, path: '{tmp_path / 'bad'}'}}"]) + "\n")
+    with pytest.raises(NonFiniteError, match=rf"\(in input file '{file}'\)"):
+        run_job(load_config(cfg), "transform", scheduler=address)
+    assert not (tmp_path / "out").exists()
