@@ -25,11 +25,17 @@ def is_numeric(dtype: object) -> bool:
     """Whether a column of this dtype is scaled: integers and floats, nullable or not.
 
     Not booleans, complex numbers (their imaginary part would be dropped;
-    numpy input refuses them too) or sparse columns.
+    numpy input refuses them too), sparse columns, or Arrow-backed ones
+    other than integers and floats (decimals pass through, as they do when
+    pandas holds them as objects).
     """
     api = pd.api.types
     if isinstance(dtype, pd.SparseDtype) or api.is_complex_dtype(dtype) or api.is_bool_dtype(dtype):
         return False
+    if isinstance(dtype, pd.ArrowDtype):
+        import pyarrow as pa
+
+        return pa.types.is_integer(dtype.pyarrow_dtype) or pa.types.is_floating(dtype.pyarrow_dtype)
     return api.is_numeric_dtype(dtype)
 
 

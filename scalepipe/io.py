@@ -390,9 +390,27 @@ _NULLABLE_INTEGERS = {
 }
 
 
+def _arrow_backed(arrow_type: pa.DataType) -> pd.ArrowDtype | None:
+    """The pandas dtype of a column kept as Arrow data, for the types pandas would make Python objects or a Categorical.
+
+    Dates, times, decimals, binary, nested types and dictionaries pass
+    through unchanged this way: as objects, dask's string conversion wrote
+    them as text (``'[1 2]'``, ``'2020-01-01'``, a binary column failed),
+    and a Categorical's empty meta wrote nulls.
+    """
+    t = pa.types
+    kept = (t.is_date, t.is_time, t.is_decimal, t.is_nested, t.is_dictionary, t.is_binary, t.is_large_binary, t.is_fixed_size_binary)
+    return pd.ArrowDtype(arrow_type) if any(test(arrow_type) for test in kept) else None
+
+
+def _nullable_or_arrow_backed(arrow_type: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
+    """:func:`_arrow_backed`, and integers as pandas' nullable integers."""
+    return _NULLABLE_INTEGERS.get(arrow_type) or _arrow_backed(arrow_type)
+
+
 def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> pd.DataFrame:
     """Empty frame with the dtypes every partition is converted to."""
-    meta = schema.empty_table().to_pandas()
+    meta = schema.empty_table().to_pandas(types_mapper=_arrow_backed)
     meta = meta[columns]
     for name in columns:
         dtype = meta[name].dtype
@@ -459,9 +477,9 @@ def _read_parquet_part(
         else:
             table = pf.read(columns=wanted, use_pandas_metadata=True)
         # Arrow's buffers, not a consolidated copy; integers with nulls as pandas' nullable
-        # integers (to_pandas would make them float64, inexact beyond 2**53)
+        # integers (to_pandas would make them float64, inexact beyond 2**53); see _arrow_backed
         exact = any(isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "iu" for dtype in meta.dtypes)
-        df = table.to_pandas(split_blocks=True, types_mapper=_NULLABLE_INTEGERS.get if exact else None)
+        df = table.to_pandas(split_blocks=True, types_mapper=_nullable_or_arrow_backed if exact else _arrow_backed)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"Parquet file {path!r} cannot be read: {exc}") from exc
     return _conform(df, meta, wanted, path)

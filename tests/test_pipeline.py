@@ -445,3 +445,41 @@ def test_an_infinity_names_its_input_file(tmp_path, client):
     with pytest.raises(NonFiniteError, match=rf"\(in input file '{file}'\)"):
         run_job(load_config(cfg), "transform", scheduler=address)
     assert not (tmp_path / "out").exists()
+
+
+def test_parquet_passthrough_columns_keep_their_arrow_types(tmp_path, client):
+    """A categorical passthrough column was written as all nulls; dates,
+    decimals, lists and structs as text ('[1 2]'); a binary column failed the
+    write with an empty UnicodeDecodeError. They pass through unchanged."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "in").mkdir()
+    table = pa.table(
+        {
+            "x": [1.0, 2.0, 4.0],
+            "cat": pa.array(["a", "b", "a"]).dictionary_encode(),
+            "day": pa.array([datetime.date(2020, 1, d) for d in (1, 2, 3)]),
+            "price": pa.array([decimal.Decimal("1.23"), None, decimal.Decimal("-4.50")], pa.decimal128(10, 2)),
+            "items": pa.array([[1], [2, 3], []]),
+            "info": pa.array([{"a": 1}, {"a": 2}, None]),
+            "blob": pa.array([b"\xff", b"", None]),
+            "dec_num": pa.array([decimal.Decimal("7")] * 3, pa.decimal128(5, 0)),  # not scaled: passes through
+        }
+    )
+    pq.write_table(table, tmp_path / "in" / "a.parquet")
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"version: 1\ninput: {{format: parquet, path: '{tmp_path / 'in'}'}}\nstats: {{path: '{tmp_path / 'stats.json'}'}}\n"
+        f"scalers: [{{method: zscore}}]\noutput: {{format: parquet, path: '{tmp_path / 'out'}'}}\nreport: false\n"
+    )
+    run_job(load_config(cfg), "run", scheduler=client.scheduler.address)
+    got = pq.read_table(tmp_path / "out" / "part.00000.parquet")
+    assert sp.load(tmp_path / "stats.json").feature_names == ["x"]
+    for name in table.column_names[1:]:
+        assert got.schema.field(name).type == table.schema.field(name).type, name
+        assert got.column(name).to_pylist() == table.column(name).to_pylist(), name
+    np.testing.assert_allclose(got.column("x").to_numpy(), (np.array([1, 2, 4]) - 7 / 3) / np.std([1, 2, 4]), rtol=0, atol=1e-15)
