@@ -385,8 +385,8 @@ class Model:
         if self.groups is None:
             return AffineMap(self.params, names, inverse)
         m = self.groups.moments
-        few = (m.count > 0) & (m.count < self.rules.min_counts())
-        if few.any():  # too few values for the rule (zscore's ddof): that key's column takes the global statistics
+        few = m.count < self.rules.min_counts()
+        if few.any():  # no values, or too few for the rule (zscore's ddof): that key's column takes the global statistics
             m = Moments(**{k: np.where(few, v, getattr(m, k)) for k, v in self.moments.to_dict().items()})
         try:
             per_key = self.rules.params(m, allow_empty=True)

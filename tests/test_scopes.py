@@ -477,3 +477,18 @@ def test_a_float_key_matches_an_integer_key_only_when_equal():
     assert model.unseen_rows(as_floats) == 2
     halves = df.assign(k=[1.5, np.nan, np.inf, float(big + 2)])
     assert model.unseen_rows(halves) == 2  # 1.5 and inf are unseen, NaN is missing, big + 2 is found
+
+
+@pytest.mark.parametrize("cls", [sp.ZScore, sp.MinMax, sp.Decimal, sp.BatchNorm])
+def test_a_key_without_values_in_a_column_takes_the_global_statistics(cls):
+    """A key whose column was all NaN at fit gave NaN (decimal: unscaled
+    values) for every later value of that key; it takes the global
+    statistics, as a key with too few values for ddof does."""
+    fit = pd.DataFrame({"k": ["a", "a", "a", "b"], "x": [1.0, 2.0, 3.0, np.nan], "y": [1.0, 2.0, 3.0, 5.0]})
+    new = pd.DataFrame({"k": ["b", "b"], "x": [2.0, 4.0], "y": [5.0, 5.0]})
+    keyed = sp.fit(fit, [cls(["x", "y"])], scope="key", key="k")
+    glob = sp.fit(fit[["x"]], [cls(["x"])])
+    got = keyed.transform(new)
+    np.testing.assert_array_equal(got["x"].to_numpy(), glob.transform(new[["x"]])["x"].to_numpy())
+    assert keyed.unseen_rows(new) == 0
+    np.testing.assert_allclose(keyed.inverse_transform(got)["x"].to_numpy(), new["x"].to_numpy(), rtol=1e-15, atol=0)
