@@ -494,8 +494,9 @@ class Model:
         Raises
         ------
         ParameterError
-            No feature is scaled by a ``batchnorm`` rule, or the model has the
-            key scope (per-key statistics, which one module cannot hold).
+            No feature is scaled by a ``batchnorm`` rule, the rules have
+            different ``eps`` (one module has one), or the model has the key
+            scope (per-key statistics, which one module cannot hold).
         """
         idx = [i for i, f in enumerate(self.features) if isinstance(self.scalers[f.rule], BatchNorm)]
         if not idx:
@@ -505,6 +506,11 @@ class Model:
                 "scope", "a key-scope model has statistics per key, which one BatchNorm1d cannot hold; export a global- or partition-scope model"
             )
         norms = [self.scalers[self.features[i].rule] for i in idx]
+        if len({b.eps for b in norms}) > 1:
+            raise ParameterError(
+                "eps", f"the batchnorm rules have different eps ({', '.join(map(repr, sorted({b.eps for b in norms})))}), "
+                "but one BatchNorm1d has one; give the rules the same eps"
+            )
         m = self._inference_moments()
         running = self.batches is not None and self.scope.inference_stats == "running"
         policy = np.array([b.constant_policy for b in norms])

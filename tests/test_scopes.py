@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import scalepipe as sp
-from scalepipe.errors import DataError
+from scalepipe.errors import DataError, ParameterError
 
 
 def exact_mean_var(b):
@@ -137,6 +137,10 @@ def test_torch_state_dict():
     bn.eval()
     got = bn(torch.as_tensor(x[:, :2])).detach().numpy()
     np.testing.assert_allclose(got, model.transform(x)[:, :2], rtol=1e-10, atol=1e-10)
+    # one module has one eps: rules with different ones were exported, one column off by ~2 whatever the module's eps
+    mixed = sp.fit(x, [sp.BatchNorm([0], eps=1e-3), sp.BatchNorm([1], eps=1e-5)])
+    with pytest.raises(ParameterError, match=r"eps: the batchnorm rules have different eps \(1e-05, 0.001\)"):
+        mixed.to_torch_state_dict()
 
 
 def keyed_frame(n: int = 3000, keys: int = 40, seed: int = 7) -> pd.DataFrame:
@@ -306,8 +310,6 @@ def test_torch_export_holds_the_statistics_and_constant_policies_transform_uses(
 
 
 def test_a_key_scope_model_has_no_torch_export():
-    from scalepipe.errors import ParameterError
-
     df = pd.DataFrame({"k": [1, 2] * 5, "v": np.arange(10.0)})
     with pytest.raises(ParameterError, match="scope: a key-scope model has statistics per key"):
         sp.fit(df, [sp.BatchNorm(["v"])], scope="key", key="k").to_torch_state_dict()
