@@ -1040,6 +1040,13 @@ def _load_manifest_document(path: str) -> dict[str, Any] | None:
     return doc
 
 
+def _no_manifest(path: str) -> str:
+    """Why ``path`` has no scalepipe manifest, for a message."""
+    if os.path.isfile(os.path.join(_local(path), MANIFEST_NAME)):
+        return f"its {MANIFEST_NAME} file is not a scalepipe manifest: another tool's, such as Spark's, or damaged"
+    return f"it has no scalepipe {MANIFEST_NAME} manifest"
+
+
 def read_manifest(path: str) -> Manifest:
     """Read the ``_SUCCESS`` manifest of an output of :func:`write_table` or :func:`write_array`.
 
@@ -1050,9 +1057,7 @@ def read_manifest(path: str) -> Manifest:
     """
     doc = _load_manifest_document(path)
     if doc is None:
-        raise OutputError(
-            f"{path!r} is not a complete scalepipe output (no scalepipe {MANIFEST_NAME} manifest)"
-        )
+        raise OutputError(f"{path!r} is not a complete scalepipe output ({_no_manifest(path)})")
     if doc.get("version") != MANIFEST_VERSION:
         raise OutputError(
             f"{path!r} has a manifest of version {doc.get('version')!r}; "
@@ -1182,8 +1187,7 @@ def _refuse_existing(dest: str, path: str, overwrite: bool) -> None:
     if _load_manifest_document(dest) is None:
         raise OutputError(
             f"output {path!r} exists and was not written by scalepipe, refusing to delete "
-            f"it (it has no scalepipe {MANIFEST_NAME} manifest); remove it yourself or "
-            "choose another path"
+            f"it ({_no_manifest(dest)}); remove it yourself or choose another path"
         )
 
 

@@ -694,10 +694,13 @@ def test_existing_output_refused_and_overwrite_rules(tmp_path, client):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
-    (foreign / "_SUCCESS").write_text("")
-    with pytest.raises(OutputError, match="not written by scalepipe, refusing to delete"):
+    (foreign / "_SUCCESS").write_text("")  # what Spark leaves: the message said "no _SUCCESS manifest"
+    with pytest.raises(OutputError, match="not written by scalepipe, refusing to delete it .its _SUCCESS file is not a scalepipe manifest"):
         write_table(dd.from_pandas(second, npartitions=1), str(foreign), "parquet", overwrite=True)
     assert (foreign / "precious.txt").read_text() == "keep me"
+    (foreign / "_SUCCESS").unlink()
+    with pytest.raises(OutputError, match="refusing to delete it .it has no scalepipe _SUCCESS manifest"):
+        write_table(dd.from_pandas(second, npartitions=1), str(foreign), "parquet", overwrite=True)
     assert leftovers(tmp_path) == []
 
 
