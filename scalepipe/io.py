@@ -1283,7 +1283,7 @@ def _arrow_table(df: pd.DataFrame, schema: pa.Schema | None, keep_index: bool) -
     null scan, which is most of the cost of ``from_pandas`` for scaled data.
     """
     if schema is None or keep_index:
-        return pa.Table.from_pandas(df, schema=schema, preserve_index=keep_index)
+        return _pandas_readable(pa.Table.from_pandas(df, schema=schema, preserve_index=keep_index))
     arrays = []
     for name, field in zip(df.columns, schema, strict=True):
         column = df[name]
@@ -1292,7 +1292,26 @@ def _arrow_table(df: pd.DataFrame, schema: pa.Schema | None, keep_index: bool) -
             arrays.append(pa.array(values, type=field.type))
         else:
             arrays.append(pa.array(column, type=field.type, from_pandas=True))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return _pandas_readable(pa.Table.from_arrays(arrays, schema=schema))
+
+
+def _pandas_readable(table: pa.Table) -> pa.Table:
+    """``table`` with pandas metadata that reads its Arrow-backed columns back as pandas reads the input's.
+
+    Passthrough columns kept as Arrow data (:func:`_arrow_backed`) are
+    recorded as, e.g., ``list<element: int64>[pyarrow]``, which
+    ``pd.read_parquet`` fails on; recorded as ``object``, pandas reads them as
+    it reads such columns anywhere (dates and decimals as objects, a
+    dictionary as a Categorical).
+    """
+    metadata = table.schema.metadata or {}
+    if b"[pyarrow]" not in metadata.get(b"pandas", b""):
+        return table
+    doc = json.loads(metadata[b"pandas"])
+    for column in doc.get("columns", []):
+        if str(column.get("numpy_type")).endswith("[pyarrow]"):
+            column["numpy_type"] = "object"
+    return table.replace_schema_metadata({**metadata, b"pandas": json.dumps(doc).encode()})
 
 
 def _write_partition(

@@ -483,3 +483,8 @@ def test_parquet_passthrough_columns_keep_their_arrow_types(tmp_path, client):
         assert got.schema.field(name).type == table.schema.field(name).type, name
         assert got.column(name).to_pylist() == table.column(name).to_pylist(), name
     np.testing.assert_allclose(got.column("x").to_numpy(), (np.array([1, 2, 4]) - 7 / 3) / np.std([1, 2, 4]), rtol=0, atol=1e-15)
+    # pandas reads the output back (its metadata named Arrow dtypes pandas cannot parse), as it reads the input
+    back, source = pd.read_parquet(tmp_path / "out"), pd.read_parquet(tmp_path / "in")
+    for name in table.column_names[1:]:
+        assert back[name].dtype == source[name].dtype, name
+        assert list(map(repr, back[name])) == list(map(repr, source[name])), name
