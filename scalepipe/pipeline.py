@@ -615,6 +615,7 @@ def drift_job(
     if model.groups is not None:
         model.key_column(source.frame._meta)  # before the cluster starts
     reference = load_histograms(histograms_path(stats_path), model)
-    with open_cluster(cluster, scheduler=scheduler, echo=echo, input_path=input_path):
+    opened = _Input(source.frame, source.paths, source.files, source.schema)
+    with open_cluster(cluster, scheduler=scheduler, echo=echo, input_path=input_path), _naming_the_file(opened):
         echo(f"checking {len(source.paths)} input file(s) for drift")
         return drift_report(model, source.frame, thresholds, reference=reference)

@@ -20,7 +20,7 @@ import scalepipe as sp
 from scalepipe import io
 from scalepipe.config import load_config
 from scalepipe.errors import ColumnError, ConfigError, OutputError
-from scalepipe.pipeline import run_job, validate_job
+from scalepipe.pipeline import drift_job, run_job, validate_job
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -378,7 +378,6 @@ def test_a_key_column_the_artifact_cannot_store_is_refused_before_any_work(tmp_p
 
 def test_drift_checks_the_key_column_before_the_cluster_starts(tmp_path):
     from scalepipe.config import ClusterConfig
-    from scalepipe.pipeline import drift_job
 
     df = pd.DataFrame({"store": ["a", "b"] * 10, "sales": np.arange(20.0)})
     sp.fit(df, scope="key", key="store").save(tmp_path / "stats.json")
@@ -445,6 +444,10 @@ def test_an_infinity_names_its_input_file(tmp_path, client):
     with pytest.raises(NonFiniteError, match=rf"\(in input file '{file}'\)"):
         run_job(load_config(cfg), "transform", scheduler=address)
     assert not (tmp_path / "out").exists()
+    from scalepipe.config import ClusterConfig
+
+    with pytest.raises(NonFiniteError, match=rf"\(in input file '{file}'\)"):
+        drift_job(str(tmp_path / "stats.json"), str(tmp_path / "bad"), "parquet", ClusterConfig(), scheduler=address)
 
 
 def test_parquet_passthrough_columns_keep_their_arrow_types(tmp_path, client):
