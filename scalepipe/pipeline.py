@@ -384,9 +384,29 @@ def _open_input(cfg: Config) -> _Input:
 
     if cfg.input.format in TABLE_FORMATS:
         table = io.read_table(cfg.input.path, cfg.input.format)  # type: ignore[arg-type]
-        return _Input(table.frame, table.paths, table.files, table.schema)
+        frame = _key_as_text(table.frame, cfg.stats.key)
+        return _Input(frame, table.paths, table.files, {c: str(t) for c, t in frame.dtypes.items()})
     ds = io.read_array(cfg.input.path, cfg.input.format, cfg.input.variables)  # type: ignore[arg-type]
     return _Input(ds, _array_files(cfg.input.path), None, None)
+
+
+def _key_as_text(frame: Any, key: Any) -> Any:
+    """``frame`` with an Arrow-backed key column (dates, decimals, ...) as text, which the artifact stores.
+
+    Such columns are read as Arrow data to pass through unchanged
+    (``io._arrow_backed``); a key of them is grouped and stored by its text,
+    ``2020-01-01``, as it was when they were read as text. String
+    dictionaries (categoricals) stay as they are: their values are text.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    if key is None or key not in frame.columns:
+        return frame
+    dtype = frame._meta[key].dtype
+    if not isinstance(dtype, pd.ArrowDtype) or pa.types.is_dictionary(dtype.pyarrow_dtype):
+        return frame
+    return frame.assign(**{key: frame[key].astype("string")})
 
 
 def _array_files(path: str) -> list[str]:
@@ -611,11 +631,12 @@ def drift_job(
 
     model = load(stats_path)
     source = io.read_table(input_path, input_format)  # type: ignore[arg-type]
-    view_of(source.frame._meta).positions(model.feature_names)
+    frame = _key_as_text(source.frame, model.scope.key if model.groups is not None else None)
+    view_of(frame._meta).positions(model.feature_names)
     if model.groups is not None:
-        model.key_column(source.frame._meta)  # before the cluster starts
+        model.key_column(frame._meta)  # before the cluster starts
     reference = load_histograms(histograms_path(stats_path), model)
-    opened = _Input(source.frame, source.paths, source.files, source.schema)
+    opened = _Input(frame, source.paths, source.files, source.schema)
     with open_cluster(cluster, scheduler=scheduler, echo=echo, input_path=input_path), _naming_the_file(opened):
         echo(f"checking {len(source.paths)} input file(s) for drift")
-        return drift_report(model, source.frame, thresholds, reference=reference)
+        return drift_report(model, frame, thresholds, reference=reference)

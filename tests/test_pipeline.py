@@ -491,3 +491,31 @@ def test_parquet_passthrough_columns_keep_their_arrow_types(tmp_path, client):
     for name in table.column_names[1:]:
         assert back[name].dtype == source[name].dtype, name
         assert list(map(repr, back[name])) == list(map(repr, source[name])), name
+
+
+def test_a_date_key_column_is_grouped_by_its_text(tmp_path, client):
+    """Dates are read as Arrow data to pass through unchanged; as a key they
+    are grouped and stored by their text (the artifact stores text keys), as
+    before they were Arrow data: the fit failed "key value datetime.date(...)
+    cannot be saved"."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    days = [datetime.date(2020, 1, 1 + int(i)) for i in rng.integers(0, 3, 300)]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"day": pa.array(days), "x": rng.normal(size=300)}), tmp_path / "in" / "p.parquet")
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(
+        f"version: 1\ninput: {{format: parquet, path: '{tmp_path / 'in'}'}}\n"
+        f"stats: {{path: '{tmp_path / 'stats.json'}', scope: key, key: day}}\n"
+        f"scalers: [{{method: zscore}}]\noutput: {{format: parquet, path: '{tmp_path / 'out'}'}}\nreport: false\n"
+    )
+    run_job(load_config(cfg), "run", scheduler=client.scheduler.address)
+    assert sp.load(tmp_path / "stats.json").groups.keys.tolist() == ["2020-01-01", "2020-01-02", "2020-01-03"]
+    source, got = pd.read_parquet(tmp_path / "in"), pd.read_parquet(tmp_path / "out")
+    for _, rows in source.groupby("day"):
+        want = (rows["x"] - rows["x"].mean()) / rows["x"].std(ddof=0)
+        np.testing.assert_allclose(got.loc[rows.index, "x"], want, rtol=0, atol=1e-14)
