@@ -144,7 +144,8 @@ def run_job(
     previous = load(cfg.stats.path) if mode == "transform" or update else None
     if update:
         _check_update_settings(cfg, previous)
-    _check_columns(cfg, source, previous)
+    with _about_input(cfg.input.path):
+        _check_columns(cfg, source, previous)
     if update:
         _check_update_keys(previous, source)
     manifest = None
@@ -152,7 +153,7 @@ def run_job(
         cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path, partition_files=source.partition_files
     )
     histograms = None
-    with cluster, performance_report(profile), _naming_the_file(source):
+    with cluster, performance_report(profile), _naming_the_file(source), _about_input(cfg.input.path):
         if mode == "transform" and previous is not None:
             model = previous
         else:
@@ -338,6 +339,17 @@ def _existing_output_problem(cfg: Config) -> str | None:
 def _refuse_existing_output(cfg: Config) -> None:
     if problem := _existing_output_problem(cfg):
         raise OutputError(problem)
+
+
+@contextlib.contextmanager
+def _about_input(path: str) -> Iterator[None]:
+    """A column or data error that speaks of "the data" (no rows to fit, a fitted column missing) names the input too."""
+    try:
+        yield
+    except (ColumnError, DataError) as err:
+        if type(err) not in (ColumnError, DataError) or path in str(err):
+            raise
+        raise type(err)(f"input.path {path!r}: {err}") from None
 
 
 @contextlib.contextmanager
@@ -632,7 +644,8 @@ def drift_job(
     model = load(stats_path)
     source = io.read_table(input_path, input_format)  # type: ignore[arg-type]
     frame = _key_as_text(source.frame, model.scope.key if model.groups is not None else None)
-    view_of(frame._meta).positions(model.feature_names)
+    with _about_input(input_path):
+        view_of(frame._meta).positions(model.feature_names)
     if model.groups is not None:
         model.key_column(frame._meta)  # before the cluster starts
     reference = load_histograms(histograms_path(stats_path), model)

@@ -19,7 +19,8 @@ import pytest
 import scalepipe as sp
 from scalepipe import io
 from scalepipe.config import load_config
-from scalepipe.errors import ColumnError, ConfigError, OutputError
+from scalepipe.config import ClusterConfig
+from scalepipe.errors import ColumnError, ConfigError, DataError, OutputError
 from scalepipe.pipeline import drift_job, run_job, validate_job
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -358,9 +359,24 @@ def test_transform_checks_the_artifact_columns_before_any_work(tmp_path, csv_inp
     folder, df = csv_input
     sp.fit(df.drop(columns=["customer_id", "segment"]).assign(extra=1.0)).save(tmp_path / "stats.json")
     cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}")
-    with pytest.raises(ColumnError, match="'extra'"):
+    with pytest.raises(ColumnError, match=f"^input.path '{folder}': column\\(s\\) 'extra' were fitted but are not in the data"):
         run_job(cfg, "transform", scheduler="tcp://127.0.0.1:9")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ColumnError, match=f"^input.path '{folder}': column\\(s\\) 'extra'"):
+        drift_job(str(tmp_path / "stats.json"), str(folder), "csv", ClusterConfig(), scheduler="tcp://127.0.0.1:9")
+
+
+def test_an_input_without_rows_is_named(tmp_path, client):
+    """"The data has no rows to fit" says which input it means."""
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"a": pd.Series([], dtype="float64")}).to_parquet(tmp_path / "in" / "part.0.parquet")
+    cfg = load_config(
+        CONFIGS / "quickstart.yaml",
+        [f"input.path={tmp_path / 'in'}", f"stats.path={tmp_path / 'stats.json'}", "input.demo=null", "scalers=[{method: zscore}]"],
+    )
+    with pytest.raises(DataError, match=f"^input.path '{tmp_path / 'in'}': the data has no rows to fit$"):
+        run_job(cfg, "fit", scheduler=client.scheduler.address)
+    assert not (tmp_path / "stats.json").exists()
 
 
 def test_a_key_column_the_artifact_cannot_store_is_refused_before_any_work(tmp_path):
