@@ -174,6 +174,24 @@ class MinMax(Scaler):
         a, b = self.feature_range
         return m.min, m.max - m.min, np.full(m.shape, b - a), np.full(m.shape, a)
 
+    def scale_of(self, gain: np.ndarray, spread: np.ndarray) -> np.ndarray:
+        """``(b - a) / (max - min)``, less an ulp or two where the fitted max would map above ``b``.
+
+        Rounded, the quotient (and the sum with ``a``) could put ``max`` 1 ulp
+        above ``b`` (``feature_range=(0.1, 0.9)``: 1 column in 12), outside the
+        range without ``clip``. The map is monotone, so with ``max`` at most
+        ``b`` every fitted value lies within ``[a, b]`` (``min`` maps to ``a``
+        exactly).
+        """
+        a, b = self.feature_range
+        scale = np.asarray(gain / spread, dtype=np.float64)
+        for _ in range(4):
+            above = np.isfinite(scale) & (scale > 0) & (spread * scale + a > b)
+            if not above.any():
+                break
+            scale = np.where(above, np.nextafter(scale, 0.0), scale)
+        return scale
+
     def clip_bounds(self) -> tuple[float, float]:
         return self.feature_range if self.clip else (-math.inf, math.inf)
 
