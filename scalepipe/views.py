@@ -367,16 +367,24 @@ def _samples_dim(arrays: dict[Any, Any]) -> list[str]:
     return [next(iter(firsts.values()))]
 
 
+#: Attributes that describe the input's values, not scaled ones: a z-scored
+#: temperature kept ``units: K``, which unit-aware tools (pint, cf-xarray)
+#: would convert as kelvins.
+_VALUE_ATTRS = ("units", "valid_min", "valid_max", "valid_range", "actual_range", "actual_min", "actual_max")
+
+
 def _new_values(array: Any, values: Any) -> Any:
-    """``array`` holding ``values`` (scaled), without the encoding that stored the old ones.
+    """``array`` holding ``values`` (scaled), without the encoding that stored the old ones, or their units and ranges.
 
     An input's on-disk encoding (an integer ``dtype``, CF packing with
     ``scale_factor``/``add_offset``, a ``_FillValue``, lossy filters) fits its
     values, not scaled ones: kept, it made ``to_zarr`` round the scaled values
-    back into integers or the input's packing.
+    back into integers or the input's packing. Other attributes (a
+    ``long_name``) stay.
     """
     out = array.copy(data=values)
     out.encoding = {}
+    out.attrs = {k: v for k, v in array.attrs.items() if k not in _VALUE_ATTRS}
     return out
 
 

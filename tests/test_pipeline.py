@@ -196,11 +196,11 @@ def era5(seed: int = 0):
     u = rng.normal([[[5.0]], [[20.0]]], [[[2.0]], [[9.0]]], (time, level, lat, lon))
     return xr.Dataset(
         {
-            "t2m": (("time", "lat", "lon"), t2m),
+            "t2m": (("time", "lat", "lon"), t2m, {"units": "K", "long_name": "2 metre temperature", "valid_range": [150.0, 350.0]}),
             "u": (("time", "level", "lat", "lon"), u),
             "q": (("time", "lat", "lon"), rng.random((time, lat, lon))),  # not in input.variables
         },
-        coords={"time": np.arange(time), "level": [850, 500], "lat": [10.0, 20.0, 30.0], "lon": np.arange(lon) * 1.5},
+        coords={"time": np.arange(time), "level": [850, 500], "lat": ("lat", [10.0, 20.0, 30.0], {"units": "degrees_north"}), "lon": np.arange(lon) * 1.5},
     )
 
 
@@ -235,6 +235,10 @@ def test_array_example_round_trip(tmp_path, client, fmt):
     np.testing.assert_allclose(got["u"].values, -1 + (u - lo) * (2 / (hi - lo)), rtol=0, atol=1e-12)
     model = sp.load(tmp_path / "stats.json")
     assert model.feature_names == ["t2m", "u[850]", "u[500]"]
+    # a scaled variable drops the input's units and valid range (a z-score in kelvins
+    # would be converted as such); its other attributes and the coordinates' stay
+    assert got["t2m"].attrs == {"long_name": "2 metre temperature"}
+    assert got["lat"].attrs == {"units": "degrees_north"}
 
 
 @pytest.mark.filterwarnings("ignore:Consolidated metadata")
