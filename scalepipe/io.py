@@ -53,7 +53,7 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -272,6 +272,8 @@ def read_table(
     path: str,
     format: Literal["parquet", "csv"],
     columns: Sequence[str] | None = None,
+    *,
+    verbatim: Collection[str] = (),
 ) -> TableSource:
     """Open a Parquet or CSV table lazily.
 
@@ -286,6 +288,10 @@ def read_table(
     columns
         Columns to read, in this order; ``None`` reads all. Others are never
         read.
+    verbatim
+        CSV only: columns read as the text written in the file (``007``,
+        ``5``, ``NA`` and a blank stay as they are; no number or missing value
+        is parsed), so that a CSV written from them repeats them unchanged.
 
     Returns
     -------
@@ -322,7 +328,7 @@ def read_table(
     if format == "parquet":
         return _read_parquet(path, columns)
     if format == "csv":
-        return _read_csv(path, columns)
+        return _read_csv(path, columns, frozenset(verbatim))
     raise InputError(f"table format {format!r} is not supported; use 'parquet' or 'csv'")
 
 
@@ -666,10 +672,18 @@ def _integral_text(token: str) -> int | None:
     return int(number) if number.is_finite() and number == number.to_integral_value() else None
 
 
+#: pandas' default missing-value markers (``pandas.read_csv``'s ``na_values``).
+_NA_MARKERS = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)  # fmt: skip
+
+
 def _read_csv_part(
     part: tuple[str, int, int],
     names: list[str],
     meta: pd.DataFrame,
+    verbatim: frozenset[str] = frozenset(),
     columns: list[str] | None = None,
 ) -> pd.DataFrame:
     path, offset, length = part
@@ -678,10 +692,12 @@ def _read_csv_part(
     dtypes = {c: str if meta[c].dtype.kind in "iu" else meta[c].dtype for c in wanted}
     # every column wanted: no usecols, with which pandas drops a row's fields beyond the header's silently
     usecols = None if set(wanted) == set(names) else wanted
+    # verbatim columns: no missing-value markers (the others keep pandas' defaults)
+    markers = {"keep_default_na": False, "na_values": {c: _NA_MARKERS for c in wanted if c not in verbatim}} if verbatim else {}
     try:
         if length < 0:
             data = b""
-            df = pd.read_csv(path, usecols=usecols, dtype=dtypes)
+            df = pd.read_csv(path, usecols=usecols, dtype=dtypes, **markers)
         else:
             with open(path, "rb") as f:
                 data = read_block(f, offset, length, delimiter=b"\n")
@@ -689,7 +705,7 @@ def _read_csv_part(
                 data = data.split(b"\n", 1)[1] if b"\n" in data else b""
             if not data.strip():
                 return meta[wanted].copy()
-            df = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=usecols, dtype=dtypes)
+            df = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=usecols, dtype=dtypes, **markers)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         where = _csv_where(offset, length)
         try:  # name the column: read the block again as text
@@ -740,7 +756,7 @@ def _csv_blocks(path: str, blocksize: int) -> list[tuple[str, int, int]]:
     return blocks or [(path, 0, 0)]
 
 
-def _read_csv(path: str, columns: Sequence[str] | None) -> TableSource:
+def _read_csv(path: str, columns: Sequence[str] | None, verbatim: frozenset[str]) -> TableSource:
     import dask.dataframe as dd
 
     files = _data_files(path)
@@ -774,10 +790,10 @@ def _read_csv(path: str, columns: Sequence[str] | None) -> TableSource:
     def text(column: str) -> Callable[[], pd.Series]:
         return lambda: pd.read_csv(file, nrows=sample_rows, usecols=[column], dtype=str)[column]
 
-    meta = pd.DataFrame({c: pd.Series([], dtype=_csv_dtype(sample[c], text(c))) for c in selected})
+    meta = pd.DataFrame({c: pd.Series([], dtype="str" if c in verbatim else _csv_dtype(sample[c], text(c))) for c in selected})
     blocksize = parse_bytes(dask.config.get("scalepipe.io.csv-blocksize", "64MiB"))
     parts = [block for file in files for block in _csv_blocks(file, blocksize)]
-    frame = dd.from_map(_read_csv_part, parts, args=(names, meta), meta=meta, label="read-csv")
+    frame = dd.from_map(_read_csv_part, parts, args=(names, meta, verbatim & set(selected)), meta=meta, label="read-csv")
     return TableSource(
         frame=frame,
         files=[file for file, _, _ in parts],

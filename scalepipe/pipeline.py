@@ -550,18 +550,19 @@ def _transform_and_write(cfg: Config, model: Model, source: _Input, mode: Mode, 
         The output's manifest (``None`` for Zarr) and the histograms (or ``None``).
     """
     extras: dict[str, Any] = {}
+    data = _as_written(cfg, model, source.data)
     if mode == "run" and model.scope.kind == "partition":
-        scaled = model.transform(source.data, stats="batch")
+        scaled = model.transform(data, stats="batch")
     elif mode == "run" and cfg.report and source.schema is not None and model.scope.kind == "global":
         from .histograms import transform_with_histograms
         from .report import load_plotting_in_background
 
         load_plotting_in_background()  # the report draws them after this pass
-        scaled, extras["histograms"] = transform_with_histograms(model, source.data)
+        scaled, extras["histograms"] = transform_with_histograms(model, data)
     else:
-        scaled = model.transform(source.data)
+        scaled = model.transform(data)
     if model.scope.kind == "key":
-        unseen = model.unseen_rows(source.data)
+        unseen = model.unseen_rows(data)
         # a graph like the write's, so one compute runs both without materialising expressions
         extras["unseen"] = unseen.to_delayed() if hasattr(unseen, "to_delayed") else unseen
     manifest = _write_output(cfg, scaled, tuple(extras.values()))
@@ -569,6 +570,23 @@ def _transform_and_write(cfg: Config, model: Model, source: _Input, mode: Mode, 
     if values.get("unseen"):
         echo(f"{int(values['unseen'])} row(s) had a {model.scope.key!r} value unseen at fit; scaled with the global statistics")
     return manifest, values.get("histograms")
+
+
+def _as_written(cfg: Config, model: Model, frame: Any) -> Any:
+    """``frame``, or for a CSV written as CSV, the input again with the columns not scaled read as the file's text.
+
+    Read as numbers, such a column came out reformatted (``007`` as ``7.0``,
+    ``5`` as ``5.0``) and markers such as ``NA`` as blanks; read as text,
+    the output repeats them. The scaled columns and the key column keep
+    their dtypes: the statistics apply to them.
+    """
+    if cfg.input.format != "csv" or cfg.output is None or cfg.output.format != "csv":
+        return frame
+    from . import io
+
+    kept = {*model.feature_names, model.scope.key}
+    verbatim = [c for c in frame.columns if c not in kept]
+    return io.read_table(cfg.input.path, "csv", verbatim=verbatim).frame if verbatim else frame
 
 
 def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...] = ()) -> Any:

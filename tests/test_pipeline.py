@@ -9,6 +9,8 @@ scalepipe.
 
 from __future__ import annotations
 
+import csv
+
 import re
 from pathlib import Path
 
@@ -123,6 +125,41 @@ def test_csv_example_round_trip(tmp_path, client, csv_input, fmt):
     assert got["segment"].tolist() == df["segment"].tolist()
     np.testing.assert_array_equal(got["visits"], df["visits"])  # no rule: passed through
     assert sp.load(tmp_path / "stats.json").passthrough == ["visits"]
+
+
+CSV_TEXT = (
+    "id,zip,x,count,note,big\n"
+    '00123,02139,1.5,5,NA,9007199254740993\n'
+    '00456,10001,2.5,0,"a,b",1\n'
+    "00789,,3.5,-7,,12345678901234567890\n"
+)
+
+
+@pytest.mark.parametrize("scope", ["global", "key"])
+def test_csv_to_csv_copies_unscaled_columns_as_written(tmp_path, client, scope):
+    """Columns no rule scales were written with the values read as numbers:
+    `00123` as `123.0`, `5` as `5.0`, `NA` as a blank, an integer beyond 2**53
+    rounded; now copied as the file's text, in a run and in a transform."""
+    from scalepipe.config import parse_config
+
+    (tmp_path / "in.csv").write_text(CSV_TEXT)
+    key = ", scope: key, key: count" if scope == "key" else ""
+    for mode in ("run", "transform"):
+        cfg = parse_config(
+            f"version: 1\ninput: {{format: csv, path: {tmp_path / 'in.csv'}}}\n"
+            f"output: {{format: csv, path: {tmp_path / f'out-{mode}'}}}\nstats: {{path: {tmp_path / 'stats.json'}{key}}}\n"
+            "scalers: [{method: minmax, columns: [x]}]\n"
+        )
+        run_job(cfg, mode, scheduler=client.scheduler.address)
+        (part,) = (tmp_path / f"out-{mode}").glob("part.*.csv")
+        rows = list(csv.reader(part.read_text().splitlines()))
+        want = list(csv.reader(CSV_TEXT.splitlines()))
+        copied = [0, 1, 4, 5] if scope == "key" else [0, 1, 3, 4, 5]  # 2 is scaled
+        assert [[r[i] for i in copied] for r in rows] == [[r[i] for i in copied] for r in want], mode
+        # each key has one row, so its x is constant and maps to a
+        assert [float(r[2]) for r in rows[1:]] == ([0.0, 0.5, 1.0] if scope == "global" else [0.0] * 3)
+        if scope == "key":  # the key keeps the type the statistics are keyed by
+            assert [r[3] for r in rows[1:]] == ["5.0", "0.0", "-7.0"]
 
 
 def test_input_columns_limit_what_the_rules_see(tmp_path, client, csv_input):
