@@ -336,8 +336,9 @@ def column_moments(addresses: np.ndarray, strides: np.ndarray, codes: np.ndarray
     of the dtype ``stats.KERNEL_DTYPES[codes[j]]``; the caller keeps the memory
     alive and aligned. Each sub-block is copied, four columns at a time (each
     column's rows as one contiguous run, what the hardware prefetches best),
-    into a float64 row-major tile of four columns (16 KiB, in the L1 cache) and
-    swept from there (:func:`_sweep_groups`), so the columns need not share
+    into a float64 row-major tile of four columns (16 KiB) and swept from
+    there while it is in the L1 cache (the tiles of all the groups are kept
+    for the rare re-sweep) (:func:`_sweep_groups`), so the columns need not share
     a dtype or a buffer (pandas' and Arrow's columns are read in place) and
     the results equal :func:`moments`' on the same values, bit for bit. (One
     tile of all the columns, filled and then swept, outgrew the L1 cache from
