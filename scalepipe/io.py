@@ -212,6 +212,8 @@ def _data_files(path: str) -> list[str]:
         if not files:
             raise InputError(f"input path {path!r}: no files match this pattern (or the folders it matches hold none)")
     elif os.path.isdir(local):
+        if any(os.path.exists(os.path.join(local, marker)) for marker in ("zarr.json", ".zgroup", ".zarray")):
+            raise InputError(f"input path {path!r} is a Zarr store, not a folder of Parquet or CSV files")
         files = _folder_files(local)
         if not files:
             raise InputError(

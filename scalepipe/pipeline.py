@@ -637,6 +637,10 @@ def _artifact_published_after(model: Model | None, path: str) -> Iterator[None]:
         pending.unlink(missing_ok=True)
 
 
+#: The ``data_kind`` of statistics fitted on arrays (numpy, dask arrays, xarray).
+_ARRAY_KINDS = ("numpy", "dask.array", "xarray")
+
+
 def drift_job(
     stats_path: str,
     input_path: str,
@@ -660,6 +664,13 @@ def drift_job(
     from .report import histograms_path, load_histograms
 
     model = load(stats_path)
+    if input_format not in TABLE_FORMATS:
+        raise ConfigError(f"input.format: drift reads tables ({', '.join(TABLE_FORMATS)}), not {input_format!r} (arrays are not supported yet)")
+    if model.meta.get("data_kind") in _ARRAY_KINDS:
+        raise DataError(
+            f"the statistics at {stats_path!r} were fitted on array data ({model.meta['data_kind']}); drift compares "
+            "tables only (arrays are not supported yet)"
+        )
     source = io.read_table(input_path, input_format)  # type: ignore[arg-type]
     frame = _key_as_text(source.frame, model.scope.key if model.groups is not None else None)
     with _about_input(input_path):

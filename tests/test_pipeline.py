@@ -444,6 +444,27 @@ def test_drift_checks_the_key_column_before_the_cluster_starts(tmp_path):
         drift_job(str(tmp_path / "stats.json"), str(tmp_path / "new"), "parquet", ClusterConfig(), scheduler="tcp://127.0.0.1:9")
 
 
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
+def test_drift_refuses_arrays_clearly(tmp_path):
+    """drift on array statistics or a Zarr store read a chunk file as a corrupt
+    Parquet file ("Parquet file 'x.zarr/a/c/0/0/0' cannot be read")."""
+    import xarray as xr
+
+    from scalepipe.errors import InputError
+
+    ds = xr.Dataset({"a": (("t", "y"), np.arange(12.0).reshape(4, 3))})
+    ds.to_zarr(tmp_path / "x.zarr")
+    sp.fit(ds).save(tmp_path / "arrays.json")
+    sp.fit(pd.DataFrame({"a": np.arange(4.0)})).save(tmp_path / "table.json")
+    where = ("parquet", ClusterConfig())
+    with pytest.raises(DataError, match="fitted on array data \\(xarray\\); drift compares tables only"):
+        drift_job(str(tmp_path / "arrays.json"), str(tmp_path / "x.zarr"), *where, scheduler="tcp://127.0.0.1:9")
+    with pytest.raises(InputError, match="'.*x.zarr' is a Zarr store, not a folder of Parquet or CSV files"):
+        drift_job(str(tmp_path / "table.json"), str(tmp_path / "x.zarr"), *where, scheduler="tcp://127.0.0.1:9")
+    with pytest.raises(ConfigError, match="input.format: drift reads tables \\(parquet, csv\\), not 'zarr'"):
+        drift_job(str(tmp_path / "table.json"), str(tmp_path / "x.zarr"), "zarr", ClusterConfig(), scheduler="tcp://127.0.0.1:9")
+
+
 def test_fit_update_refuses_another_batch_size(tmp_path):
     """The artifact's batches decide how new data is batched; a config with
     another stats.batch_rows was ignored."""
