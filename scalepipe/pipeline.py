@@ -144,6 +144,8 @@ def run_job(
     previous = load(cfg.stats.path) if mode == "transform" or update else None
     if update:
         _check_update_settings(cfg, previous)
+    if previous is not None:
+        _check_reduce_dims(cfg, previous, "fit --update" if update else "transform")
     with _about_input(cfg.input.path):
         _check_columns(cfg, source, previous)
     if update:
@@ -250,6 +252,16 @@ def _check_update_settings(cfg: Config, previous: Model) -> None:
                 f"stats.{name}: {getattr(cfg.stats, name)!r}, but the statistics at stats.path were fitted with "
                 f"{name} {value!r}, which fit --update keeps; remove stats.{name} or fit anew"
             )
+
+
+def _check_reduce_dims(cfg: Config, previous: Model, command: str) -> None:
+    """``transform`` and ``fit --update`` take an array's dimensions from the artifact: another ``input.reduce_dims`` is refused (it was ignored)."""
+    given, fitted = cfg.input.reduce_dims, previous.meta.get("reduce_dims")
+    if given is not None and fitted is not None and list(given) != list(fitted):
+        raise ConfigError(
+            f"input.reduce_dims: {list(given)!r}, but the statistics at stats.path were fitted over {list(fitted)!r}; "
+            f"{command} takes the dimensions of the statistics: remove input.reduce_dims or fit anew"
+        )
 
 
 def _key_family(kind: str) -> str:

@@ -279,6 +279,19 @@ def test_array_example_round_trip(tmp_path, client, fmt):
 
 
 @pytest.mark.filterwarnings("ignore:Consolidated metadata")
+@pytest.mark.parametrize("update", [False, True])
+def test_another_reduce_dims_than_the_statistics_is_refused(tmp_path, update):
+    """transform and fit --update took the artifact's reduce_dims and ignored the config's silently."""
+    era5().chunk({"time": 8}).to_zarr(tmp_path / "in.zarr")
+    sp.fit(io.read_array(str(tmp_path / "in.zarr"), "zarr", ["t2m"]), reduce_dims=["time", "lat", "lon"]).save(tmp_path / "stats.json")
+    cfg = job("zarr_example.yaml", tmp_path, "input.reduce_dims=[time]", inp="in.zarr", out="out.zarr")
+    command = "fit --update" if update else "transform"
+    with pytest.raises(ConfigError, match=rf"^input.reduce_dims: \['time'\], but .* fitted over \['time', 'lat', 'lon'\]; {command} takes"):
+        run_job(cfg, "fit" if update else "transform", update=update, scheduler="tcp://127.0.0.1:9")
+    assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata")
 def test_stored_encodings_do_not_round_scaled_zarr_variables(tmp_path, client):
     """Integer variables came back truncated (int32 z-scores), CF-packed ones
     re-packed (int16 x 0.01), both with exit 0; a Zarr version 2 store's
