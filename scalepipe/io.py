@@ -865,6 +865,11 @@ def read_array(
     except ScalepipeError:
         raise
     except Exception as exc:  # zarr, h5py and xarray raise many unrelated types
+        if format == "netcdf" and _is_classic_netcdf(local):
+            raise InputError(
+                f"netcdf input {path!r} is a NetCDF3 (classic) file; scalepipe reads NetCDF4 (HDF5) files: convert it "
+                "(xarray.open_dataset(path).to_netcdf(new_path, engine='h5netcdf')) or write it as Zarr"
+            ) from exc
         raise InputError(f"{format} input {path!r} cannot be opened: {exc}") from exc
     if variables is None:
         return ds
@@ -877,6 +882,16 @@ def read_array(
             + ", ".join(repr(str(v)) for v in ds.data_vars)
         )
     return ds[list(variables)]
+
+
+def _is_classic_netcdf(path: str) -> bool:
+    """Whether the file starts as a NetCDF3 file does (``CDF`` and a format byte 1, 2 or 5)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head[:3] == b"CDF" and head[3:] in (b"\x01", b"\x02", b"\x05")
 
 
 def _close_open_files() -> None:

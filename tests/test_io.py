@@ -462,6 +462,12 @@ def test_read_netcdf(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     pytest.importorskip("h5py")
+    classic = tmp_path / "classic.nc"  # a NetCDF3 header: h5py said "file signature not found", as for any garbage
+    classic.write_bytes(b"CDF\x01" + bytes(28))
+    with pytest.raises(InputError, match=r"is a NetCDF3 \(classic\) file; scalepipe reads NetCDF4 \(HDF5\) files"):
+        read_array(str(classic), "netcdf")
+    with pytest.raises(InputError, match=r"cannot be opened"):  # not NetCDF at all
+        read_array(str(path), "netcdf")
     make_dataset().to_netcdf(path, engine="h5netcdf")
     ds = read_array(str(path), "netcdf", ["t"])
     np.testing.assert_array_equal(ds["t"].values, make_dataset()["t"].values)
