@@ -216,10 +216,15 @@ def output_range(model: Any) -> tuple[np.ndarray, np.ndarray]:
 
     For the key scope this is the image under the global parameters (each
     key's own output range may differ; its values outside go to under/over).
+    The ends are widened to their float32 rounding: a float32 feature's
+    output is rounded so, and its fitted max landed above the last edge.
     """
     m = model.moments
     ends = apply_affine(np.stack([m.min, m.max]), model.params)
-    return np.fmin(ends[0], ends[1]), np.fmax(ends[0], ends[1])
+    lo, hi = np.fmin(ends[0], ends[1]), np.fmax(ends[0], ends[1])
+    with np.errstate(over="ignore"):
+        lo32, hi32 = lo.astype(np.float32).astype(np.float64), hi.astype(np.float32).astype(np.float64)
+    return np.where(np.isfinite(lo32), np.fmin(lo, lo32), lo), np.where(np.isfinite(hi32), np.fmax(hi, hi32), hi)
 
 
 def model_edges(model: Any, bins: int = DEFAULT_BINS) -> tuple[np.ndarray, np.ndarray]:

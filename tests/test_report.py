@@ -91,6 +91,20 @@ def test_histograms_equal_numpy_in_memory():
     np.testing.assert_array_equal(merged.outside, whole.outside)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_float32_outputs_of_the_fitted_data_fall_in_the_output_bins(seed):
+    """The output edges were the float64 image of [min, max]; a float32 column's
+    scaled max, rounded to float32, fell above the last edge ("1 outside the
+    bins") for most seeds here. The ends are widened to their float32 rounding."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"a": rng.normal(0, 1, 200).astype("float32"), "b": (1e4 + rng.normal(0, 1, 200)).astype("float32")})
+    model = sp.fit(df, [sp.ZScore(["a"]), sp.MinMax(["b"], feature_range=(0.1, 0.9))])
+    scaled, hist = transform_with_histograms(model, df, bins=20)
+    assert (scaled.dtypes == np.float32).all()
+    assert not hist.output.over.any() and not hist.output.under.any()
+    assert hist.output.counts.sum(axis=1).tolist() == [200, 200]
+
+
 def test_histograms_numpy_array_by_position():
     rng = np.random.default_rng(3)
     x = np.column_stack([rng.normal(size=500), rng.lognormal(size=500), rng.integers(0, 9, 500)])
