@@ -27,7 +27,7 @@ from .config import TABLE_FORMATS, Config, config_hash
 from .errors import ColumnError, ConfigError, DataError, OutputError
 from .model import Model, fit, load, resolve_columns
 from .stats import NonFiniteError
-from .views import View, view_of
+from .views import ARRAY_KINDS, View, view_of
 
 __all__ = ["JobResult", "drift_job", "run_job", "validate_job"]
 
@@ -649,10 +649,6 @@ def _artifact_published_after(model: Model | None, path: str) -> Iterator[None]:
         pending.unlink(missing_ok=True)
 
 
-#: The ``data_kind`` of statistics fitted on arrays (numpy, dask arrays, xarray).
-_ARRAY_KINDS = ("numpy", "dask.array", "xarray")
-
-
 def drift_job(
     stats_path: str,
     input_path: str,
@@ -678,7 +674,7 @@ def drift_job(
     model = load(stats_path)
     if input_format not in TABLE_FORMATS:
         raise ConfigError(f"input.format: drift reads tables ({', '.join(TABLE_FORMATS)}), not {input_format!r} (arrays are not supported yet)")
-    if model.meta.get("data_kind") in _ARRAY_KINDS:
+    if model.meta.get("data_kind") in ARRAY_KINDS:
         raise DataError(
             f"the statistics at {stats_path!r} were fitted on array data ({model.meta['data_kind']}); drift compares "
             "tables only (arrays are not supported yet)"

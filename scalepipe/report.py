@@ -48,6 +48,7 @@ import numpy as np
 from .artifact import checksum, write_text_atomic
 from .errors import ArtifactError, ParameterError
 from .histograms import Histograms, histograms_from_dict, model_edges
+from .views import ARRAY_KINDS
 
 __all__ = [
     "HISTOGRAMS_FORMAT",
@@ -308,6 +309,14 @@ def _matplotlib_available() -> bool:
     return True
 
 
+def _why_no_histograms(model: Any) -> str:
+    if model.meta.get("data_kind") in ARRAY_KINDS:
+        return "Histograms are counted for tables only, not yet for arrays"
+    if model.scope.kind != "global":
+        return f"Histograms are counted in the global scope only, not the {model.scope.kind} scope"
+    return "Histograms are counted while scalepipe run scales the data"
+
+
 def render_report(model: Any, histograms: Histograms | None = None, *, title: str | None = None, notes: Sequence[str] = ()) -> str:
     """The report of ``model`` as one self-contained HTML document.
 
@@ -338,7 +347,7 @@ def render_report(model: Any, histograms: Histograms | None = None, *, title: st
     ]
     messages = list(notes)
     if histograms is None:
-        messages.append("Histograms are counted while scalepipe run scales the data; this report has the statistics only.")
+        messages.append(f"{_why_no_histograms(model)}; this report has the statistics only.")
     elif not plots:
         messages.append(f"Plots need matplotlib: {PLOT_EXTRA}. The tables below have the statistics.")
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in messages]

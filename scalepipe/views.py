@@ -22,7 +22,11 @@ from .errors import ColumnError, DataError
 from .maps import ValueMap, on_threads
 from .stats import Columns, array_moments
 
-__all__ = ["View", "view_of"]
+__all__ = ["ARRAY_KINDS", "View", "view_of"]
+
+#: The ``kind`` of the views of arrays (numpy, dask arrays, xarray), which a
+#: model records as its ``data_kind``; the others are tables.
+ARRAY_KINDS = ("numpy", "dask.array", "xarray")
 
 
 def _is_instance(obj: object, module: str, name: str) -> bool:

@@ -334,3 +334,18 @@ def test_plotting_modules_load_in_the_background(installed):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(installed) and out.stderr == ""
+
+
+def test_a_report_without_histograms_says_why():
+    """An array run's report said histograms are counted while `run` scales
+    the data, though that run had scaled it: arrays and the batch and key
+    scopes get none."""
+    df = pd.DataFrame({"k": ["a", "b"] * 5, "x": np.arange(10.0)})
+    cases = {
+        "not yet for arrays": sp.fit(np.arange(10.0).reshape(5, 2)),
+        "global scope only, not the key scope": sp.fit(df, scope="key", key="k"),
+        "while scalepipe run scales the data": sp.fit(df[["x"]]),
+    }
+    for reason, model in cases.items():
+        page = report.render_report(model)
+        assert reason in page and "this report has the statistics only" in page, reason
