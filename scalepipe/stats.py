@@ -559,10 +559,11 @@ def merge(a: Moments | ExactMoments, b: Moments | ExactMoments) -> Moments | Exa
     na, nb = a.count, b.count
     n = na + nb
     safe_n = np.maximum(n, 1)
-    delta = (b.mean - a.mean) + (b.mean_lo - a.mean_lo)
-    w = nb / safe_n
-    mean, mean_lo = _two_sum(a.mean, a.mean_lo + delta * w)
-    m2 = a.m2 + b.m2 + delta * delta * (na * w)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond ~1e154: their m2 overflows (ZScore refuses them)
+        delta = (b.mean - a.mean) + (b.mean_lo - a.mean_lo)
+        w = nb / safe_n
+        mean, mean_lo = _two_sum(a.mean, a.mean_lo + delta * w)
+        m2 = a.m2 + b.m2 + delta * delta * (na * w)
     a_empty, b_empty = na == 0, nb == 0
     mean = np.where(a_empty, b.mean, np.where(b_empty, a.mean, mean))
     mean_lo = np.where(a_empty, b.mean_lo, np.where(b_empty, a.mean_lo, mean_lo))

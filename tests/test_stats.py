@@ -225,3 +225,16 @@ def test_exact_mode_bit_identical_under_any_chunking(splits):
     for j in range(x.shape[1]):
         mean, m2 = _fraction_mean_m2(x[:, j])
         assert got.mean[j] == mean and got.m2[j] == m2  # correctly rounded: equal, not close
+
+
+def test_merging_statistics_beyond_float64_squares_is_quiet():
+    """Values near 1e300 (fine for min-max) overflow m2 in the merge, which
+    printed numpy's "overflow encountered in multiply" on the job's stderr."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    parts = [chunk_moments(rng.uniform(-1e300, 1e300, (100, 1))) for _ in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merged = merge_all(parts)
+    assert merged.count.tolist() == [300] and np.isfinite(merged.min).all() and np.isfinite(merged.max).all()
