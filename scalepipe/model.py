@@ -156,6 +156,8 @@ def resolve_columns(view: View, scalers: Sequence[Scaler], exclude: Sequence[Any
                 hits = [n for n in view.names if isinstance(n, str) and fnmatch.fnmatchcase(n, pattern)]
                 claimed += [n for n in hits if numeric[n] and n not in rule_of and n not in claimed]
                 continue
+            if pattern not in numeric and pattern in getattr(view, "unscalable", {}):
+                raise ColumnError(f"{_rule_label(i, scaler)}: variable {pattern!r} {view.unscalable[pattern]}; it cannot be scaled")
             if pattern not in numeric:
                 raise ColumnError(
                     f"{_rule_label(i, scaler)}: column {pattern!r} not found in the data "

@@ -533,3 +533,12 @@ def test_a_dask_variable_reduced_over_its_last_dim_fits_the_chosen_features_only
 
 def test_minmax_takes_an_array_feature_range():
     assert sp.MinMax(feature_range=np.array([-1, 1])).feature_range == (-1.0, 1.0)
+
+
+def test_a_rule_naming_a_variable_without_the_reduced_dims_says_so():
+    """It said "column 't2m' not found in the data", listing other features."""
+    import xarray as xr
+
+    ds = xr.Dataset({"t2m": (("time", "lat"), np.ones((4, 2))), "u": (("time", "level"), np.arange(8.0).reshape(4, 2))})
+    with pytest.raises(ColumnError, match=r"^scalers\[0\] \(zscore\): variable 't2m' has no dimension\(s\) \['level'\] to reduce over \(its dims: \['time', 'lat'\]\); it cannot be scaled$"):
+        sp.fit(ds, [sp.ZScore(["t2m"])], reduce_dims=["level"])
