@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -177,6 +178,8 @@ def _run(
 
     from .pipeline import run_job
 
+    if quiet:  # zarr's note on text coordinates, on every such output: -q leaves errors only
+        warnings.filterwarnings("ignore", message=r".*does not have a Zarr V3 specification")
     with dask.config.set({"scalepipe.progress": not quiet and sys.stdout.isatty()}):
         result = run_job(cfg, mode, scheduler=scheduler, update=update, profile=profile, echo=_echo(quiet))  # type: ignore[arg-type]
     if quiet:
