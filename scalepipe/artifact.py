@@ -141,6 +141,8 @@ def read_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path}: holds the number {err}, which scalepipe never writes (it stores non-finite values as the "
             'strings "NaN", "Infinity", "-Infinity"): the file was edited or re-serialised'
         ) from None
+    except (ValueError, RecursionError) as err:  # an integer of thousands of digits, nesting too deep to parse
+        raise ArtifactError(f"{path}: not a statistics file scalepipe wrote ({type(err).__name__}: {err})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise ArtifactError(f"{path}: not a scalepipe statistics file (format {found!r}, expected {FORMAT!r})")

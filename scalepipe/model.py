@@ -29,7 +29,7 @@ from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
 from .maps import AffineMap, BatchMap, KeyMap, unseen_mask
 from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, affine_dtype, plain, scaler_from_dict
-from .exact import ExactSums, from_lists, to_lists
+from .exact import ExactSums, exact_mean_m2, from_lists, to_lists
 from .stats import ExactMoments, Moments, NonFiniteError, merge, merge_all
 from .views import View, view_of
 
@@ -614,21 +614,25 @@ class Model:
         """Rebuild a model from an artifact document (see :func:`load`) and its side tables."""
         tables = tables or {}
         try:
+            for key, kind in _FIELD_TYPES.items():
+                if key in doc and not isinstance(doc[key], kind) and not (doc[key] is None and key in _OPTIONAL_FIELDS):
+                    raise ValueError(f"{key}: expected {'an object' if kind is dict else 'a list'}, got {type(doc[key]).__name__}")
             scalers = [scaler_from_dict(d) for d in doc["scalers"]]
-            features = [Feature(f["name"], f["dtype"], _whole(f["rule"], f"features[{i}].rule")) for i, f in enumerate(doc["features"])]
+            features = [_feature_from_document(f, i) for i, f in enumerate(doc["features"])]
+            passthrough = [_name(v, f"passthrough[{i}]") for i, v in enumerate(doc.get("passthrough", []))]
             moments = _moments_from_document(doc["statistics"])
             params = Affine(*(np.array(_floats(doc["parameters"][k], f"parameters.{k}")) for k in _AFFINE_FIELDS))
             scope = Scope(**doc.get("scope", {}))
             batches = _batches_from_document(doc["batches"], tables) if doc.get("batches") else None
             groups = _groups_from_document(doc["groups"], tables) if doc.get("groups") else None
             exact = from_lists(doc["exact_sums"]) if doc.get("exact_sums") else None
-            _check_parts(scalers, features, moments, params, batches, groups, exact)
+            _check_parts(scalers, features, moments, params, scope, batches, groups, exact)
         except KeyError as err:
             raise ArtifactError(f"{source}: malformed statistics file: missing field {err}") from None
         except (TypeError, ValueError, OverflowError, ParameterError) as err:
             raise ArtifactError(f"{source}: malformed statistics file: {err}") from None
         meta = {k: doc.get(k) for k in ("created", "config_hash", "input_fingerprint", "data_kind", "reduce_dims", "feature_dims")}
-        return cls(scalers, features, doc.get("passthrough", []), moments, params, meta, scope, batches, groups, exact)
+        return cls(scalers, features, passthrough, moments, params, meta, scope, batches, groups, exact)
 
     def __repr__(self) -> str:
         methods = sorted({self.scalers[f.rule].method for f in self.features})
@@ -644,6 +648,30 @@ def _moments_document(m: Moments) -> dict[str, list[Any]]:
         return v.tolist() if v.dtype.kind == "i" else artifact.encode_floats(v)
 
     return {k: encode(v) for k, v in m.to_dict().items()}
+
+
+#: The artifact's structured fields and the JSON type each must have.
+_FIELD_TYPES: dict[str, type] = {
+    "scalers": list, "features": list, "passthrough": list, "statistics": dict, "parameters": dict,
+    "scope": dict, "batches": dict, "groups": dict, "exact_sums": dict,
+}  # fmt: skip
+#: Fields a model without them stores as null.
+_OPTIONAL_FIELDS = ("batches", "groups", "exact_sums")
+
+
+def _name(value: Any, where: str) -> Any:
+    """A feature or column name: text or an integer (an array's position)."""
+    if not isinstance(value, str) and type(value) is not int:
+        raise ValueError(f"{where}: a name is text or an integer, got {value!r}")
+    return value
+
+
+def _feature_from_document(f: Any, i: int) -> Feature:
+    if not isinstance(f, dict):
+        raise ValueError(f"features[{i}]: expected an object, got {type(f).__name__}")
+    if not isinstance(f["dtype"], str):
+        raise ValueError(f"features[{i}].dtype: expected text, got {f['dtype']!r}")
+    return Feature(_name(f["name"], f"features[{i}].name"), f["dtype"], _whole(f["rule"], f"features[{i}].rule"))
 
 
 def _moments_from_document(d: dict[str, list[Any]], where: str = "statistics") -> Moments:
@@ -677,14 +705,17 @@ def _check_parts(
     features: list[Feature],
     moments: Moments,
     params: Affine,
+    scope: Scope,
     batches: BatchStats | None,
     groups: KeyTable | None,
     exact: ExactSums | None,
 ) -> None:
-    """Refuse a document whose parts do not fit together.
+    """Refuse a document whose parts do not fit together, or whose statistics no data has.
 
     Its checksum shows that it was not damaged by accident, not that it was
-    made by scalepipe: anyone can recompute it after an edit.
+    made by scalepipe: anyone can recompute it after an edit. (The
+    parameters are not recomputed from the statistics and compared: a file
+    of an earlier scalepipe may derive them differently in the last bit.)
     """
     n = len(features)
     for i, f in enumerate(features):
@@ -700,24 +731,51 @@ def _check_parts(
             raise ValueError(f"parameters.{k} has {v.size} values for {n} features")
         if np.isnan(v).any():
             raise ValueError(f"parameters.{k} holds NaN")
+        if k in ("center", "scale", "offset") and np.isinf(v).any():
+            raise ValueError(f"parameters.{k} holds an infinity")
     if (params.lo > params.hi).any():
         raise ValueError("parameters: a clip bound lo is above its hi")
+    if scope.batch_rows is not None and (type(scope.batch_rows) is not int or scope.batch_rows < 1):
+        raise ValueError(f"scope.batch_rows: expected a positive integer or null, got {scope.batch_rows!r}")
+    if type(scope.min_batch_rows) is not int or scope.min_batch_rows < 1:
+        raise ValueError(f"scope.min_batch_rows: expected a positive integer, got {scope.min_batch_rows!r}")
+    if (scope.kind == "partition") != (batches is not None) or (scope.kind == "key") != (groups is not None):
+        raise ValueError(f"scope.kind is {scope.kind!r}, but the file holds {'batches' if batches else 'groups' if groups else 'neither batches nor groups'}")
     if batches is not None:
         _check_moments("batches.statistics", batches.moments, (len(batches.labels), n))
-        if batches.running.mean.shape != (n,) or batches.running.var.shape != (n,):
+        if not all(isinstance(label, str) for label in batches.labels):
+            raise ValueError("batches.labels: a label is not text")
+        running = batches.running
+        if running.mean.shape != (n,) or running.var.shape != (n,):
             raise ValueError(f"batches.running: the running statistics are not one per feature ({n})")
+        if (running.var < 0).any() or running.num_batches < 0:
+            raise ValueError("batches.running: a variance or the number of batches is negative")
     if groups is not None:
         _check_moments("groups.statistics", groups.moments, (len(groups.keys), n))
-    if exact is not None and exact.shape != (n,):
-        raise ValueError(f"exact_sums has shape {list(exact.shape)} for {n} features")
+        if not groups.keys.is_unique:
+            raise ValueError(f"groups.keys: key {groups.keys[groups.keys.duplicated()][0]!r} appears more than once")
+    if exact is not None:
+        if exact.shape != (n,):
+            raise ValueError(f"exact_sums has shape {list(exact.shape)} for {n} features")
+        mean, m2 = exact_mean_m2(exact, moments.count)  # a count the sums do not hold is refused here
+        seen = moments.count > 0
+        for name, derived in (("mean", mean), ("m2", m2)):
+            if not np.array_equal(getattr(moments, name)[seen], derived[seen]):
+                raise ValueError(f"statistics.{name} differs from the value of the exact sums")
 
 
 def _check_moments(where: str, m: Moments, shape: tuple[int, ...]) -> None:
+    """Shapes, and statistics some data could have: counts whole and not negative, ``min <= max`` where there are values, ``m2`` not negative."""
     for k, v in m.to_dict().items():
         if v.shape != shape:
             raise ValueError(f"{where}.{k} has shape {list(v.shape)}, expected {list(shape)}")
     if (m.count < 0).any() or (m.nan_count < 0).any():
         raise ValueError(f"{where}: a count is negative")
+    seen = m.count > 0
+    if not (m.min[seen] <= m.max[seen]).all():  # NaN fails too
+        raise ValueError(f"{where}: a min is above its max, or NaN, where there are values")
+    if (m.m2 < 0).any():
+        raise ValueError(f"{where}.m2: a sum of squared deviations is negative")
 
 
 def _batches_document(b: BatchStats) -> dict[str, Any]:
@@ -809,6 +867,9 @@ def _table_arrays(prefix: str, m: Moments) -> dict[str, np.ndarray]:
 
 
 def _table_moments(prefix: str, tables: dict[str, np.ndarray]) -> Moments:
+    for k in ("count", "nan_count"):  # from_dict would truncate fractions
+        if tables[f"{prefix}.{k}"].dtype.kind not in "iu":
+            raise ValueError(f"{prefix}.statistics: a count is not a whole number (tables hold {tables[f'{prefix}.{k}'].dtype})")
     return Moments.from_dict({k: tables[f"{prefix}.{k}"] for k in Moments.empty(0).to_dict()})
 
 

@@ -162,6 +162,19 @@ def test_rules_and_scopes_given_numpy_scalars_save_and_load(tmp_path):
         (lambda d: d["statistics"]["count"].__setitem__(0, "3"), "statistics.count: expected an integer, got '3'"),
         (lambda d: d["statistics"]["nan_count"].__setitem__(0, -1), "statistics: a count is negative"),
         (lambda d: d["parameters"].update(lo=[1.0, 1.0], hi=[0.0, 2.0]), "parameters: a clip bound lo is above its hi"),
+        # types of the structured fields: these failed with raw AttributeErrors and TypeErrors
+        (lambda d: d.update(statistics=[]), "statistics: expected an object, got list"),
+        (lambda d: d.update(groups="x"), "groups: expected an object, got str"),
+        (lambda d: d.update(passthrough=None), "passthrough: expected a list, got NoneType"),
+        (lambda d: d["features"][0].update(name=None), r"features\[0\]\.name: a name is text or an integer, got None"),
+        (lambda d: d["features"][0].update(dtype=5), r"features\[0\]\.dtype: expected text, got 5"),
+        (lambda d: d["scope"].update(batch_rows="x"), "scope.batch_rows: expected a positive integer or null, got 'x'"),
+        (lambda d: d["scope"].update(kind="partition"), "scope.kind is 'partition', but the file holds neither batches nor groups"),
+        # statistics no data has, and parameters no fit gives: these loaded and transformed
+        (lambda d: d["statistics"]["min"].__setitem__(0, 100.0), "statistics: a min is above its max, or NaN, where there are values"),
+        (lambda d: d["statistics"]["max"].__setitem__(1, "NaN"), "statistics: a min is above its max, or NaN, where there are values"),
+        (lambda d: d["statistics"]["m2"].__setitem__(1, -5.0), "statistics.m2: a sum of squared deviations is negative"),
+        (lambda d: d["parameters"]["scale"].__setitem__(0, "Infinity"), "parameters.scale holds an infinity"),
     ],
 )
 def test_a_document_whose_parts_do_not_fit_is_refused_naming_the_field(tmp_path, edit, message):
@@ -188,6 +201,60 @@ def test_a_bare_non_finite_json_number_is_refused_naming_the_file(saved, token):
     path.write_text(text[: first.start(1)] + token + text[first.end(1) :])
     with pytest.raises(ArtifactError, match=f"stats.json: holds the number {re.escape(token)}, which scalepipe never writes"):
         sp.load(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["statistics"]["mean"].__setitem__(0, 100.0), "statistics.mean differs from the value of the exact sums"),
+        (lambda d: d["statistics"]["m2"].__setitem__(1, 1.0), "statistics.m2 differs from the value of the exact sums"),
+        (lambda d: d["statistics"]["count"].__setitem__(0, 1), "feature 0: count 1 is inconsistent with the exact sums"),
+    ],
+)
+def test_exact_statistics_that_disagree_with_their_sums_are_refused(tmp_path, edit, message):
+    """An edited mean loaded (the parameters used it); an edited count loaded
+    and failed the next fit --update with a bare ValueError naming no file."""
+    sp.fit(np.array([[1.0, 10], [3, 30], [2, 5], [7, 1]]), [sp.MinMax([0]), sp.ZScore([1])], exact=True).save(tmp_path / "stats.json")
+
+    def change(d):
+        edit(d)
+        d["checksum"] = checksum(d)
+
+    _rewrite(tmp_path / "stats.json", change)
+    with pytest.raises(ArtifactError, match="stats.json: malformed statistics file: " + message):
+        sp.load(tmp_path / "stats.json")
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"format": ' + "9" * 5000 + "}"])
+def test_json_python_cannot_parse_is_refused_naming_the_file(tmp_path, text):
+    """A RecursionError and "Exceeds the limit (4300 digits)" ValueError came out raw."""
+    (tmp_path / "stats.json").write_text(text)
+    with pytest.raises(ArtifactError, match="stats.json: not a statistics file scalepipe wrote"):
+        sp.load(tmp_path / "stats.json")
+
+
+def test_side_tables_with_fractional_counts_are_refused(tmp_path):
+    """Counts of 3.7 in the .npz were truncated to integers silently."""
+    import hashlib
+
+    keys = pd.DataFrame({"k": np.arange(40_002) % 20_001, "v": np.arange(40_002.0)})  # beyond INLINE_TABLE_VALUES
+    sp.fit(keys, scope="key", key="k").save(tmp_path / "stats.json")
+    doc = json.loads((tmp_path / "stats.json").read_text())
+    table = tmp_path / doc["tables"]["file"]
+    with np.load(table) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["groups.count"] = arrays["groups.count"] + 0.7
+    np.savez(table, **arrays)
+    if table.suffix != ".npz":
+        table.with_name(table.name + ".npz").replace(table)
+
+    def rehash(d):
+        d["tables"]["sha256"] = "sha256:" + hashlib.sha256(table.read_bytes()).hexdigest()
+        d["checksum"] = checksum(d)
+
+    _rewrite(tmp_path / "stats.json", rehash)
+    with pytest.raises(ArtifactError, match="groups.statistics: a count is not a whole number"):
+        sp.load(tmp_path / "stats.json")
 
 
 def test_a_side_tables_file_that_is_not_numeric_tables_is_refused(tmp_path):
