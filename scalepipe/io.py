@@ -275,6 +275,7 @@ def read_table(
     format: Literal["parquet", "csv"],
     columns: Sequence[str] | None = None,
     *,
+    text: Collection[str] = (),
     verbatim: Collection[str] = (),
 ) -> TableSource:
     """Open a Parquet or CSV table lazily.
@@ -290,6 +291,10 @@ def read_table(
     columns
         Columns to read, in this order; ``None`` reads all. Others are never
         read.
+    text
+        CSV only: columns read as text whatever their values look like
+        (``007`` stays ``007``; blanks and ``NA`` are still missing values),
+        e.g. a key column whose fitted keys are text.
     verbatim
         CSV only: columns read as the text written in the file (``007``,
         ``5``, ``NA`` and a blank stay as they are; no number or missing value
@@ -330,7 +335,7 @@ def read_table(
     if format == "parquet":
         return _read_parquet(path, columns)
     if format == "csv":
-        return _read_csv(path, columns, frozenset(verbatim))
+        return _read_csv(path, columns, frozenset(text), frozenset(verbatim))
     raise InputError(f"table format {format!r} is not supported; use 'parquet' or 'csv'")
 
 
@@ -588,16 +593,24 @@ def _csv_number_dtype(sample: pd.Series, text: Callable[[], pd.Series]) -> str:
         return "UInt64"
     if sample.dtype.kind == "i":
         return "Int64"
-    tokens = text().dropna()  # pandas read integers with blanks as float64: look at what was written
-    if not tokens.str.fullmatch(_INTEGER_TEXT).all():
+    tokens = text().dropna()  # pandas read integers with blanks or 7.0 as float64: look at what was written
+    values = [_integral_text(t) for t in tokens]
+    if None in values:
         return "float64"
-    values = [int(t) for t in tokens]
     if all(-(2**63) <= v < 2**63 for v in values):
         return "Int64"
     return "UInt64" if all(0 <= v < 2**64 for v in values) else "float64"
 
 
 def _csv_header(path: str) -> list[str]:
+    if not _is_compressed(path):
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if b"\r" in head and b"\n" not in head:  # blocks are split at "\n": such a file read as its header alone
+            raise InputError(
+                f"CSV file {path!r} ends its lines with a carriage return alone (classic Mac OS); scalepipe reads "
+                "lines ending in \\n or \\r\\n: convert the file (e.g. tr '\\r' '\\n')"
+            )
     try:
         names = [str(c) for c in pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False).iloc[0]]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, IndexError) as exc:
@@ -674,6 +687,8 @@ def _integral_text(token: str) -> int | None:
     return int(number) if number.is_finite() and number == number.to_integral_value() else None
 
 
+#: The name of the column a CSV row's field beyond the header's is read into (no header names it).
+_EXTRA = "\x00beyond the header"
 #: pandas' default missing-value markers (``pandas.read_csv``'s ``na_values``).
 _NA_MARKERS = (
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
@@ -691,15 +706,20 @@ def _read_csv_part(
     path, offset, length = part
     wanted = list(meta.columns) if columns is None else list(columns)
     # nullable integer columns are read as text and converted exactly (see _csv_integers)
-    dtypes = {c: str if meta[c].dtype.kind in "iu" else meta[c].dtype for c in wanted}
-    # every column wanted: no usecols, with which pandas drops a row's fields beyond the header's silently
-    usecols = None if set(wanted) == set(names) else wanted
+    dtypes = {c: str if meta[c].dtype.kind in "iu" else meta[c].dtype for c in wanted} | {_EXTRA: str}
+    # One more column than the header, always read: a row's field beyond the header's lands there (an
+    # error below; an empty one, a delimiter at the end of the line, is nothing), where pandas would
+    # drop it (usecols) or take the first field as the index and shift every column (all rows longer).
+    fields = [*names, _EXTRA]
+    usecols = [*wanted, _EXTRA]
     # verbatim columns: no missing-value markers (the others keep pandas' defaults)
-    markers = {"keep_default_na": False, "na_values": {c: _NA_MARKERS for c in wanted if c not in verbatim}} if verbatim else {}
+    markers = {"keep_default_na": False, "na_values": {c: _NA_MARKERS for c in usecols if c not in verbatim}} if verbatim else {}
+    options = {"header": None, "names": fields, "usecols": usecols, "index_col": False, "dtype": dtypes, **markers}
     try:
-        if length < 0:
+        if length < 0:  # a compressed file, whole: every column read (see the sentinel below)
             data = b""
-            df = pd.read_csv(path, usecols=usecols, dtype=dtypes, **markers)
+            everything = {**options, "usecols": None, "dtype": {c: str for c in names} | dtypes}
+            df = pd.read_csv(path, skiprows=1, **everything)[usecols]
         else:
             with open(path, "rb") as f:
                 data = read_block(f, offset, length, delimiter=b"\n")
@@ -707,19 +727,26 @@ def _read_csv_part(
                 data = data.split(b"\n", 1)[1] if b"\n" in data else b""
             if not data.strip():
                 return meta[wanted].copy()
-            df = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=usecols, dtype=dtypes, **markers)
+            # pandas refuses usecols naming a column no row reaches: a last row that does (dropped)
+            sentinel = (b"" if data.endswith(b"\n") else b"\n") + b"," * len(names) + b"-\n"
+            df = pd.read_csv(io.BytesIO(data + sentinel), **options).iloc[:-1]
+        extra = df.pop(_EXTRA).notna().to_numpy()
+        if extra.any():
+            row = int(extra.argmax()) + 1  # in the block, after the header (a whole file: the file's line after it)
+            line = f"line {row}" if length >= 0 else f"line {row + 1} of the file"
+            raise pd.errors.ParserError(f"a row holds more fields than the header's {len(names)} ({line})")
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         where = _csv_where(offset, length)
         try:  # name the column: read the block again as text
             if length < 0:
-                loose = pd.read_csv(path, usecols=wanted, dtype=str)
+                loose = pd.read_csv(path, header=None, names=names, skiprows=1, usecols=wanted, index_col=False, dtype=str)
             else:
-                loose = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=wanted, dtype=str)
+                loose = pd.read_csv(io.BytesIO(data), header=None, names=names, usecols=wanted, index_col=False, dtype=str)
             detail = _csv_bad_column(loose, meta, wanted)
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError):
             detail = ""
         raise InputError(
-            f"CSV file {path!r} ({where}) cannot be parsed: {detail or _file_line(str(exc), path, offset, length)}"
+            f"CSV file {path!r} ({where}) cannot be parsed: {detail or _parse_problem(exc, names, path, offset, length)}"
         ) from exc
     for col in wanted:
         if meta[col].dtype.kind in "iu":
@@ -732,6 +759,17 @@ def _read_csv_part(
                 )
             df[col] = converted
     return _conform(df, meta, wanted, path)
+
+
+def _parse_problem(exc: Exception, names: list[str], path: str, offset: int, length: int) -> str:
+    """pandas' parse error in a user's words, its line the file's (a row too long counted against the header, not against :data:`_EXTRA`)."""
+    message = str(exc)
+    if "Number of passed names did not match" in message:  # the first rows have more fields than the header
+        return f"its rows hold more fields than the header's {len(names)}"
+    too_long = re.search(r"Expected \d+ fields in line (\d+), saw (\d+)", message)
+    if too_long:
+        message = f"line {too_long.group(1)} holds {too_long.group(2)} fields, the header {len(names)}"
+    return _file_line(message, path, offset, length)
 
 
 def _file_line(message: str, path: str, offset: int, length: int) -> str:
@@ -758,7 +796,7 @@ def _csv_blocks(path: str, blocksize: int) -> list[tuple[str, int, int]]:
     return blocks or [(path, 0, 0)]
 
 
-def _read_csv(path: str, columns: Sequence[str] | None, verbatim: frozenset[str]) -> TableSource:
+def _read_csv(path: str, columns: Sequence[str] | None, text: frozenset[str], verbatim: frozenset[str]) -> TableSource:
     import dask.dataframe as dd
 
     files = _data_files(path)
@@ -782,17 +820,17 @@ def _read_csv(path: str, columns: Sequence[str] | None, verbatim: frozenset[str]
     sample_rows = int(dask.config.get("scalepipe.io.csv-sample-rows", 10_000))
     for file in files:  # the dtypes come from the first file with rows (a header-only file has none to tell)
         try:
-            sample = pd.read_csv(file, nrows=sample_rows, usecols=selected)
+            sample = pd.read_csv(file, header=None, names=names, skiprows=1, nrows=sample_rows, usecols=selected, index_col=False)
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-            raise InputError(f"CSV file {file!r} cannot be parsed: {exc}") from exc
+            raise InputError(f"CSV file {file!r} cannot be parsed: {_parse_problem(exc, names, file, 0, -1)}") from exc
         if len(sample):
             break
     else:
         raise InputError(f"the CSV input {path!r} has a header but no rows in any of its {len(files)} file(s)")
-    def text(column: str) -> Callable[[], pd.Series]:
-        return lambda: pd.read_csv(file, nrows=sample_rows, usecols=[column], dtype=str)[column]
+    def tokens(column: str) -> Callable[[], pd.Series]:
+        return lambda: pd.read_csv(file, header=None, names=names, skiprows=1, nrows=sample_rows, usecols=[column], index_col=False, dtype=str)[column]
 
-    meta = pd.DataFrame({c: pd.Series([], dtype="str" if c in verbatim else _csv_dtype(sample[c], text(c))) for c in selected})
+    meta = pd.DataFrame({c: pd.Series([], dtype="str" if c in text | verbatim else _csv_dtype(sample[c], tokens(c))) for c in selected})
     blocksize = parse_bytes(dask.config.get("scalepipe.io.csv-blocksize", "64MiB"))
     parts = [block for file in files for block in _csv_blocks(file, blocksize)]
     frame = dd.from_map(_read_csv_part, parts, args=(names, meta, verbatim & set(selected)), meta=meta, label="read-csv")

@@ -140,8 +140,8 @@ def run_job(
     if mode != "fit":
         _refuse_existing_output(cfg)
     _ensure_demo_input(cfg, echo)
-    source = _open_input(cfg)
     previous = load(cfg.stats.path) if mode == "transform" or update else None
+    source = _open_input(cfg, _text_key(cfg.input.format, previous))
     if update:
         _check_update_settings(cfg, previous)
     if previous is not None:
@@ -214,7 +214,7 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
         warnings.append(problem)
     if cfg.input.demo is not None and not os.path.exists(cfg.input.path):
         return [f"input: {cfg.input.path} does not exist yet; demo data will be written there"], warnings
-    source = _open_input(cfg)
+    source = _open_input(cfg, [])
     view = _schema_view(cfg, source, None)
     scalers = cfg.scaler_objects()
     features, passthrough = resolve_columns(view, scalers, exclude=_key_columns(cfg))
@@ -402,12 +402,23 @@ def _ensure_demo_input(cfg: Config, echo: Echo) -> None:
     write_demo_table(cfg.input.path, rows=demo.rows, files=demo.files, seed=demo.seed)
 
 
-def _open_input(cfg: Config) -> _Input:
-    """The input, opened lazily: file listings, footers and headers are read, no data."""
+def _text_key(input_format: str, model: Model | None) -> list[str]:
+    """A CSV input's key column, when the statistics' keys are text: read as text whatever the new file's values look like.
+
+    Inferred from a new file, a key column of ``007`` values came out as
+    numbers, none of them a fitted key.
+    """
+    if input_format != "csv" or model is None or model.groups is None:
+        return []
+    return [model.scope.key] if _key_family(model.groups.keys.dtype.kind) == "text" else []
+
+
+def _open_input(cfg: Config, text: list[str]) -> _Input:
+    """The input, opened lazily: file listings, footers and headers are read, no data; ``text``: CSV columns read as text."""
     from . import io
 
     if cfg.input.format in TABLE_FORMATS:
-        table = io.read_table(cfg.input.path, cfg.input.format)  # type: ignore[arg-type]
+        table = io.read_table(cfg.input.path, cfg.input.format, text=text)  # type: ignore[arg-type]
         frame = _key_as_text(table.frame, cfg.stats.key)
         return _Input(frame, table.paths, table.files, {c: str(t) for c, t in frame.dtypes.items()})
     ds = io.read_array(cfg.input.path, cfg.input.format, cfg.input.variables)  # type: ignore[arg-type]
@@ -598,7 +609,7 @@ def _as_written(cfg: Config, model: Model, frame: Any) -> Any:
 
     kept = {*model.feature_names, model.scope.key}
     verbatim = [c for c in frame.columns if c not in kept]
-    return io.read_table(cfg.input.path, "csv", verbatim=verbatim).frame if verbatim else frame
+    return io.read_table(cfg.input.path, "csv", text=_text_key("csv", model), verbatim=verbatim).frame if verbatim else frame
 
 
 def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...] = ()) -> Any:
@@ -679,7 +690,7 @@ def drift_job(
             f"the statistics at {stats_path!r} were fitted on array data ({model.meta['data_kind']}); drift compares "
             "tables only (arrays are not supported yet)"
         )
-    source = io.read_table(input_path, input_format)  # type: ignore[arg-type]
+    source = io.read_table(input_path, input_format, text=_text_key(input_format, model))  # type: ignore[arg-type]
     frame = _key_as_text(source.frame, model.scope.key if model.groups is not None else None)
     with _about_input(input_path):
         view_of(frame._meta).positions(model.feature_names)

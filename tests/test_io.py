@@ -333,6 +333,11 @@ def test_csv_integers_beyond_2_53_are_read_exactly(tmp_path, sync):
     (tmp_path / "in" / "a.csv").write_text(f"id,ts,u,small,x\n{big},{ts},{top},3,1.5\n{big + 2},,1,4,2.5\n")
     (tmp_path / "in" / "b.csv").write_text(f"id,ts,u,small,x\n{-big},{ts + 2},2,5,3.5\n7.0,1e3,3,,4.5\n{big}.0,-0,+4,6,5.5\n")
     src = read_table(str(tmp_path / "in"), "csv")
+    # a 7.0 among the sampled values made the column float64, rounding the others
+    (tmp_path / "seven").mkdir()
+    (tmp_path / "seven" / "a.csv").write_text(f"x,id\n1,{big}\n2,7.0\n3,{big + 2}\n")
+    seven = read_table(str(tmp_path / "seven"), "csv")
+    assert seven.schema["id"] == "Int64" and seven.frame.compute()["id"].tolist() == [big, 7, big + 2]
     assert src.schema == {"id": "Int64", "ts": "Int64", "u": "UInt64", "small": "float64", "x": "float64"}
     got = src.frame.compute()
     assert got["id"].tolist() == [big, big + 2, -big, 7, big]
@@ -362,7 +367,7 @@ def test_a_csv_row_with_more_fields_than_the_header_is_an_error(tmp_path, sync):
     """pandas' usecols dropped the extra value silently (lost from the output)."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.csv").write_text("a,b,s\n1,10,x\n2,20,y\n3,30,z,EXTRA\n")
-    with pytest.raises(InputError, match=r"x\.csv' .*cannot be parsed: .*Expected 3 fields in line 4 of the file"):
+    with pytest.raises(InputError, match=r"x\.csv' .*cannot be parsed: a row holds more fields than the header's 3 \(line 4 of the file\)"):
         read_table(str(tmp_path / "in"), "csv").frame.compute()
 
 
@@ -376,8 +381,50 @@ def test_a_csv_parse_error_names_the_file_line(tmp_path, sync, blocksize):
     rows = [f"{i},{i}" if i != 700 else f"{i},{i},9" for i in range(2, 1001)]
     (tmp_path / "in" / "x.csv").write_text("a,b\n" + "\n".join(rows) + "\n")
     with dask.config.set({"scalepipe.io.csv-blocksize": blocksize}):
-        with pytest.raises(InputError, match=r"x\.csv' \(bytes \d+-\d+\) cannot be parsed: .*Expected 2 fields in line 700 of the file, saw 3"):
+        with pytest.raises(InputError, match=r"x\.csv' \(bytes \d+-\d+\) cannot be parsed: a row holds more fields than the header's 2 \(line 700 of the file\)"):
             read_table(str(tmp_path / "in"), "csv").frame.compute()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+@pytest.mark.parametrize("columns", [None, ["x"]])
+def test_csv_rows_all_longer_than_the_header(tmp_path, sync, suffix, columns):
+    """Every row one field longer than the header: pandas took the first field
+    as the index and shifted every column one to the left (a compressed file:
+    exit 0, x fitted on t's values), or failed naming no row (a subset of the
+    columns). An empty last field (a delimiter at the end of every line) is
+    nothing; a value there is an error naming the line."""
+    import gzip
+
+    def write(text: bytes) -> str:
+        folder = tmp_path / f"in{len(text)}"
+        folder.mkdir()
+        (folder / f"a{suffix}").write_bytes(gzip.compress(text) if suffix.endswith(".gz") else text)
+        return str(folder)
+
+    got = read_table(write(b"id,x,t\n001,1,10,\n002,2,30,\n"), "csv", columns).frame.compute()
+    assert got["x"].tolist() == [1.0, 2.0] and (columns or got["t"].tolist() == [10.0, 30.0])
+    with pytest.raises(InputError, match=r"cannot be parsed: a row holds more fields than the header's 3 \(line 2 of the file\)"):
+        read_table(write(b"id,x,t\n001,1,10,7\n002,2,30,8\n"), "csv", columns).frame.compute()
+
+
+def test_a_csv_with_carriage_returns_alone_is_refused(tmp_path):
+    """Blocks split at "\\n": such a file was read as its header alone, its rows lost (exit 0)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "b.csv").write_bytes(b"id,x\r007,1\r008,2\r")
+    with pytest.raises(InputError, match=r"b\.csv' ends its lines with a carriage return alone"):
+        read_table(str(tmp_path / "in"), "csv")
+    (tmp_path / "in" / "b.csv").write_bytes(b"id,x\r\n007,1\r\n008,2\r\n")  # Windows line ends are fine
+    assert read_table(str(tmp_path / "in"), "csv").frame.compute()["x"].tolist() == [1.0, 2.0]
+
+
+def test_csv_text_columns_are_read_as_written(tmp_path, sync):
+    """``text`` keeps 007 as text (a key column whose fitted keys are text), blanks missing;
+    ``verbatim`` keeps NA and blanks as written too."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text("k,v,x\n007,NA,1\n,5,2\n8,,3\n")
+    got = read_table(str(tmp_path / "in"), "csv", text=["k"], verbatim=["v"]).frame.compute()
+    assert got["k"].tolist()[::2] == ["007", "8"] and pd.isna(got["k"][1])
+    assert got["v"].tolist() == ["NA", "5", ""] and got["x"].tolist() == [1.0, 2.0, 3.0]
 
 
 def test_a_csv_header_naming_a_column_twice_is_an_error(tmp_path):
