@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import csv
 import datetime as _dt
 import decimal
 import glob
@@ -687,8 +688,6 @@ def _integral_text(token: str) -> int | None:
     return int(number) if number.is_finite() and number == number.to_integral_value() else None
 
 
-#: The name of the column a CSV row's field beyond the header's is read into (no header names it).
-_EXTRA = "\x00beyond the header"
 #: pandas' default missing-value markers (``pandas.read_csv``'s ``na_values``).
 _NA_MARKERS = (
     "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
@@ -706,20 +705,20 @@ def _read_csv_part(
     path, offset, length = part
     wanted = list(meta.columns) if columns is None else list(columns)
     # nullable integer columns are read as text and converted exactly (see _csv_integers)
-    dtypes = {c: str if meta[c].dtype.kind in "iu" else meta[c].dtype for c in wanted} | {_EXTRA: str}
-    # One more column than the header, always read: a row's field beyond the header's lands there (an
-    # error below; an empty one, a delimiter at the end of the line, is nothing), where pandas would
-    # drop it (usecols) or take the first field as the index and shift every column (all rows longer).
-    fields = [*names, _EXTRA]
-    usecols = [*wanted, _EXTRA]
+    dtypes = {c: str if meta[c].dtype.kind in "iu" else meta[c].dtype for c in wanted}
+    # every column wanted: no usecols, with which pandas drops a row's fields beyond the header's silently
+    usecols = None if set(wanted) == set(names) else wanted
     # verbatim columns: no missing-value markers (the others keep pandas' defaults)
-    markers = {"keep_default_na": False, "na_values": {c: _NA_MARKERS for c in usecols if c not in verbatim}} if verbatim else {}
-    options = {"header": None, "names": fields, "usecols": usecols, "index_col": False, "dtype": dtypes, **markers}
+    markers = {"keep_default_na": False, "na_values": {c: _NA_MARKERS for c in wanted if c not in verbatim}} if verbatim else {}
+    # index_col=False: rows all longer than the header had their first field taken as the index, every
+    # column shifted; now their last field is dropped, so one holding a value is refused first
+    options = {"header": None, "names": names, "usecols": usecols, "index_col": False, "dtype": dtypes, **markers}
     try:
-        if length < 0:  # a compressed file, whole: every column read (see the sentinel below)
+        if length < 0:  # a compressed file, whole, as a block is read
             data = b""
-            everything = {**options, "usecols": None, "dtype": {c: str for c in names} | dtypes}
-            df = pd.read_csv(path, skiprows=1, **everything)[usecols]
+            first = pd.read_csv(path, header=None, skiprows=1, nrows=1, dtype=str, index_col=False)
+            _check_row_length(first.columns.size, first.iloc[0].tolist() if len(first) else [], names, "line 2 of the file")
+            df = pd.read_csv(path, skiprows=1, **options)
         else:
             with open(path, "rb") as f:
                 data = read_block(f, offset, length, delimiter=b"\n")
@@ -727,14 +726,9 @@ def _read_csv_part(
                 data = data.split(b"\n", 1)[1] if b"\n" in data else b""
             if not data.strip():
                 return meta[wanted].copy()
-            # pandas refuses usecols naming a column no row reaches: a last row that does (dropped)
-            sentinel = (b"" if data.endswith(b"\n") else b"\n") + b"," * len(names) + b"-\n"
-            df = pd.read_csv(io.BytesIO(data + sentinel), **options).iloc[:-1]
-        extra = df.pop(_EXTRA).notna().to_numpy()
-        if extra.any():
-            row = int(extra.argmax()) + 1  # in the block, after the header (a whole file: the file's line after it)
-            line = f"line {row}" if length >= 0 else f"line {row + 1} of the file"
-            raise pd.errors.ParserError(f"a row holds more fields than the header's {len(names)} ({line})")
+            fields = next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8", "replace")]), [])
+            _check_row_length(len(fields), fields, names, "line 1")
+            df = pd.read_csv(io.BytesIO(data), **options)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         where = _csv_where(offset, length)
         try:  # name the column: read the block again as text
@@ -761,14 +755,20 @@ def _read_csv_part(
     return _conform(df, meta, wanted, path)
 
 
+def _check_row_length(count: int, fields: list[object], names: list[str], line: str) -> None:
+    """Refuse a block whose first row (at ``line``) holds a value beyond the header's fields (pandas would drop it, and every such row's).
+
+    An empty last field, a delimiter at the end of the line, is nothing.
+    """
+    if count > len(names) and any(isinstance(v, str) and v != "" for v in fields[len(names) :]):
+        raise pd.errors.ParserError(f"a row holds more fields than the header's {len(names)} ({line})")
+
+
 def _parse_problem(exc: Exception, names: list[str], path: str, offset: int, length: int) -> str:
-    """pandas' parse error in a user's words, its line the file's (a row too long counted against the header, not against :data:`_EXTRA`)."""
+    """pandas' parse error in a user's words, its line the file's."""
     message = str(exc)
     if "Number of passed names did not match" in message:  # the first rows have more fields than the header
         return f"its rows hold more fields than the header's {len(names)}"
-    too_long = re.search(r"Expected \d+ fields in line (\d+), saw (\d+)", message)
-    if too_long:
-        message = f"line {too_long.group(1)} holds {too_long.group(2)} fields, the header {len(names)}"
     return _file_line(message, path, offset, length)
 
 

@@ -367,7 +367,7 @@ def test_a_csv_row_with_more_fields_than_the_header_is_an_error(tmp_path, sync):
     """pandas' usecols dropped the extra value silently (lost from the output)."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.csv").write_text("a,b,s\n1,10,x\n2,20,y\n3,30,z,EXTRA\n")
-    with pytest.raises(InputError, match=r"x\.csv' .*cannot be parsed: a row holds more fields than the header's 3 \(line 4 of the file\)"):
+    with pytest.raises(InputError, match=r"x\.csv' .*cannot be parsed: .*Expected 3 fields in line 4 of the file"):
         read_table(str(tmp_path / "in"), "csv").frame.compute()
 
 
@@ -381,7 +381,7 @@ def test_a_csv_parse_error_names_the_file_line(tmp_path, sync, blocksize):
     rows = [f"{i},{i}" if i != 700 else f"{i},{i},9" for i in range(2, 1001)]
     (tmp_path / "in" / "x.csv").write_text("a,b\n" + "\n".join(rows) + "\n")
     with dask.config.set({"scalepipe.io.csv-blocksize": blocksize}):
-        with pytest.raises(InputError, match=r"x\.csv' \(bytes \d+-\d+\) cannot be parsed: a row holds more fields than the header's 2 \(line 700 of the file\)"):
+        with pytest.raises(InputError, match=r"x\.csv' \(bytes \d+-\d+\) cannot be parsed: .*Expected 2 fields in line 700 of the file, saw 3"):
             read_table(str(tmp_path / "in"), "csv").frame.compute()
 
 
