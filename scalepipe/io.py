@@ -716,8 +716,11 @@ def _read_csv_part(
     try:
         if length < 0:  # a compressed file, whole, as a block is read
             data = b""
-            first = pd.read_csv(path, header=None, skiprows=1, nrows=1, dtype=str, index_col=False)
-            _check_row_length(first.columns.size, first.iloc[0].tolist() if len(first) else [], names, "line 2 of the file")
+            try:
+                first = pd.read_csv(path, header=None, skiprows=1, nrows=1, dtype=str, index_col=False).iloc[0].tolist()
+            except pd.errors.EmptyDataError:  # a header alone
+                return meta[wanted].copy()
+            _check_row_length(len(first), first, names, "line 2 of the file")
             df = pd.read_csv(path, skiprows=1, **options)
         else:
             with open(path, "rb") as f:
@@ -740,7 +743,7 @@ def _read_csv_part(
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError):
             detail = ""
         raise InputError(
-            f"CSV file {path!r} ({where}) cannot be parsed: {detail or _parse_problem(exc, names, path, offset, length)}"
+            f"CSV file {path!r} ({where}) cannot be parsed: {detail or _file_line(str(exc), path, offset, length)}"
         ) from exc
     for col in wanted:
         if meta[col].dtype.kind in "iu":
@@ -755,21 +758,13 @@ def _read_csv_part(
     return _conform(df, meta, wanted, path)
 
 
-def _check_row_length(count: int, fields: list[object], names: list[str], line: str) -> None:
+def _check_row_length(count: int, fields: list[Any], names: list[str], line: str) -> None:
     """Refuse a block whose first row (at ``line``) holds a value beyond the header's fields (pandas would drop it, and every such row's).
 
     An empty last field, a delimiter at the end of the line, is nothing.
     """
     if count > len(names) and any(isinstance(v, str) and v != "" for v in fields[len(names) :]):
         raise pd.errors.ParserError(f"a row holds more fields than the header's {len(names)} ({line})")
-
-
-def _parse_problem(exc: Exception, names: list[str], path: str, offset: int, length: int) -> str:
-    """pandas' parse error in a user's words, its line the file's."""
-    message = str(exc)
-    if "Number of passed names did not match" in message:  # the first rows have more fields than the header
-        return f"its rows hold more fields than the header's {len(names)}"
-    return _file_line(message, path, offset, length)
 
 
 def _file_line(message: str, path: str, offset: int, length: int) -> str:
@@ -822,7 +817,7 @@ def _read_csv(path: str, columns: Sequence[str] | None, text: frozenset[str], ve
         try:
             sample = pd.read_csv(file, header=None, names=names, skiprows=1, nrows=sample_rows, usecols=selected, index_col=False)
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-            raise InputError(f"CSV file {file!r} cannot be parsed: {_parse_problem(exc, names, file, 0, -1)}") from exc
+            raise InputError(f"CSV file {file!r} cannot be parsed: {exc}") from exc
         if len(sample):
             break
     else:

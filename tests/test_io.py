@@ -299,11 +299,13 @@ def test_a_header_only_csv_file_neither_decides_the_dtypes_nor_hides_an_empty_in
     (tmp_path / "in").mkdir()
     df = make_frame(0, 5)
     df.iloc[:0].to_csv(tmp_path / "in" / "a.csv", index=False)
+    df.iloc[:0].to_csv(tmp_path / "in" / "a2.csv.gz", index=False)  # compressed, read whole
     df.to_csv(tmp_path / "in" / "b.csv", index=False)
     src = read_table(str(tmp_path / "in"), "csv")
     assert src.schema["f64"] == "float64"
     np.testing.assert_array_equal(src.frame.compute()["f64"].to_numpy(), df["f64"].to_numpy())
     (tmp_path / "in" / "b.csv").unlink()
+    (tmp_path / "in" / "a2.csv.gz").unlink()
     with pytest.raises(InputError, match="has a header but no rows in any of its 1 file"):
         read_table(str(tmp_path / "in"), "csv")
 
