@@ -765,7 +765,7 @@ def _check_parts(
 
 
 def _check_moments(where: str, m: Moments, shape: tuple[int, ...]) -> None:
-    """Shapes, and statistics some data could have: counts whole and not negative, ``min <= max`` where there are values, ``m2`` not negative."""
+    """Shapes, and statistics some data could have: counts not negative, ``min <= max`` where there are values, ``m2`` not negative."""
     for k, v in m.to_dict().items():
         if v.shape != shape:
             raise ValueError(f"{where}.{k} has shape {list(v.shape)}, expected {list(shape)}")
