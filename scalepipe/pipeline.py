@@ -155,7 +155,8 @@ def run_job(
         cfg.cluster, scheduler=scheduler, echo=echo, input_path=cfg.input.path, partition_files=source.partition_files
     )
     histograms = None
-    with cluster, performance_report(profile), _naming_the_file(source), _about_input(cfg.input.path):
+    made = [os.path.dirname(os.path.abspath(os.path.expanduser(p))) for p in (cfg.stats.path, cfg.output and cfg.output.path) if p]
+    with _folders_removed_on_failure(made), cluster, performance_report(profile), _naming_the_file(source), _about_input(cfg.input.path):
         if mode == "transform" and previous is not None:
             model = previous
         else:
@@ -351,6 +352,27 @@ def _existing_output_problem(cfg: Config) -> str | None:
 def _refuse_existing_output(cfg: Config) -> None:
     if problem := _existing_output_problem(cfg):
         raise OutputError(problem)
+
+
+@contextlib.contextmanager
+def _folders_removed_on_failure(folders: list[str]) -> Iterator[None]:
+    """The folders (and their parents) missing now are removed again, if still empty, when the block fails.
+
+    Writing the statistics or the output creates them; a failed job left
+    them behind, empty.
+    """
+    missing: list[str] = []
+    for folder in folders:
+        while folder not in missing and not os.path.exists(folder):
+            missing.append(folder)
+            folder = os.path.dirname(folder)
+    try:
+        yield
+    except BaseException:
+        for folder in sorted(missing, key=len, reverse=True):  # the deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
 
 
 @contextlib.contextmanager

@@ -162,6 +162,23 @@ def test_csv_to_csv_copies_unscaled_columns_as_written(tmp_path, client, scope):
             assert [r[3] for r in rows[1:]] == ["5.0", "0.0", "-7.0"]
 
 
+def test_a_failed_job_removes_the_folders_it_made(tmp_path, client):
+    """The statistics' and the output's folders, created for them, were left
+    behind empty when the job failed in its write pass."""
+    from scalepipe.config import parse_config
+    from scalepipe.errors import InputError
+
+    (tmp_path / "in.csv").write_text("a,b,x\n1,2,3\n4,5,6,7\n")  # the fit reads x only; the write reads the long row
+    cfg = parse_config(
+        f"version: 1\ninput: {{format: csv, path: {tmp_path / 'in.csv'}}}\n"
+        f"output: {{format: csv, path: {tmp_path / 'deep' / 'er' / 'out'}}}\nstats: {{path: {tmp_path / 's1' / 's2' / 'stats.json'}}}\n"
+        "scalers: [{method: minmax, columns: [x]}]\nreport: false\n"
+    )
+    with pytest.raises(InputError, match="Expected 3 fields in line 3 of the file"):
+        run_job(cfg, "run", scheduler=client.scheduler.address)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 def test_input_columns_limit_what_the_rules_see(tmp_path, client, csv_input):
     folder, df = csv_input
     cfg = job(
