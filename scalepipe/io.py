@@ -616,13 +616,14 @@ def _csv_header(path: str) -> list[str]:
         names = [str(c) for c in pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False).iloc[0]]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, IndexError) as exc:
         raise InputError(f"CSV file {path!r} has no readable header row: {exc}") from exc
+    names = [n if n else f"Unnamed: {i}" for i, n in enumerate(names)]  # as pandas names an empty one
     repeated = next((n for n in names if names.count(n) > 1), None)
     if repeated is not None:
         raise InputError(
-            f"CSV file {path!r}: the header names column {repeated!r} {names.count(repeated)} times; "
-            "column names must be unique (pandas would rename the copies)"
+            f"CSV file {path!r}: the header names column {repeated!r} {names.count(repeated)} times (an empty "
+            "name is read as 'Unnamed: <position>'); column names must be unique (pandas would rename the copies)"
         )
-    return [n if n else f"Unnamed: {i}" for i, n in enumerate(names)]
+    return names
 
 
 def _is_compressed(path: str) -> bool:

@@ -435,6 +435,10 @@ def test_a_csv_header_naming_a_column_twice_is_an_error(tmp_path):
     (tmp_path / "in" / "x.csv").write_text("a,a,b\n1,2,3\n")
     with pytest.raises(InputError, match=r"x\.csv': the header names column 'a' 2 times"):
         read_table(str(tmp_path / "in"), "csv")
+    # an empty name is read as pandas names it, which may repeat another (pandas refused it later, naming nothing)
+    (tmp_path / "in" / "x.csv").write_text("x,,Unnamed: 1\n1,2,3\n")
+    with pytest.raises(InputError, match=r"x\.csv': the header names column 'Unnamed: 1' 2 times \(an empty name"):
+        read_table(str(tmp_path / "in"), "csv")
 
 
 def test_a_glob_matching_folders_reads_them_recursively(tmp_path, sync):
