@@ -89,6 +89,10 @@ class Scope:
             raise ParameterError("inference_stats", f"{self.inference_stats!r} is not 'running' or 'global'")
         if self.kind == "key" and self.key is None:
             raise ParameterError("key", "scope 'key' needs the key column")
+        if self.batch_rows is not None and (type(self.batch_rows) is not int or self.batch_rows < 1):
+            raise ParameterError("batch_rows", f"must be a positive integer or None, got {self.batch_rows!r}")
+        if type(self.min_batch_rows) is not int or self.min_batch_rows < 1:
+            raise ParameterError("min_batch_rows", f"must be a positive integer, got {self.min_batch_rows!r}")
 
     def check_settings(self) -> None:
         """Refuse settings of another scope (``batch_rows``, ``key``), as the config does.
@@ -216,6 +220,8 @@ def _batch_table(
 ) -> tuple[Moments, list[str]]:
     """Every batch's statistics, in partition order, with one label per batch."""
     per_partition = _evaluate(view, names, *view.batch_moments(names, scope.batch_rows))
+    if partition_labels is not None and len(partition_labels) != len(per_partition):
+        raise ParameterError("partition_labels", f"has {len(partition_labels)} labels for {len(per_partition)} partitions")
     labels: list[str] = []
     for p, table in enumerate(per_partition):
         where = f"partition {first + p}"
@@ -359,6 +365,10 @@ class Model:
             return view.transform(self.feature_names, fn)
         _check_out(out, data, fn)
         view.positions(self.feature_names)
+        if out.__array_interface__ != data.__array_interface__ and np.shares_memory(out, data):
+            # overlapping, not the same view: the kernel would read values it already wrote
+            out[...] = view.map_features(self.feature_names, fn, out=np.empty_like(out))
+            return out
         return view.map_features(self.feature_names, fn, out=out)
 
     def inverse_transform(self, data: Any, *, feature_names: Sequence[Any] | None = None) -> Any:
@@ -567,7 +577,7 @@ class Model:
             "passthrough": [_storable_name(n, strict=False) for n in self.passthrough],  # informational
             "statistics": _moments_document(self.moments),
             "parameters": {k: artifact.encode_floats(getattr(self.params, k)) for k in _AFFINE_FIELDS},
-            "scope": asdict(self.scope),
+            "scope": {**asdict(self.scope), "key": None if self.scope.key is None else _storable_name(self.scope.key, what="key column")},
             "batches": None if self.batches is None else _batches_document(self.batches),
             "groups": None if self.groups is None else _groups_document(self.groups),
             "exact_sums": None if self.exact is None else to_lists(self.exact),
@@ -735,10 +745,6 @@ def _check_parts(
             raise ValueError(f"parameters.{k} holds an infinity")
     if (params.lo > params.hi).any():
         raise ValueError("parameters: a clip bound lo is above its hi")
-    if scope.batch_rows is not None and (type(scope.batch_rows) is not int or scope.batch_rows < 1):
-        raise ValueError(f"scope.batch_rows: expected a positive integer or null, got {scope.batch_rows!r}")
-    if type(scope.min_batch_rows) is not int or scope.min_batch_rows < 1:
-        raise ValueError(f"scope.min_batch_rows: expected a positive integer, got {scope.min_batch_rows!r}")
     if (scope.kind == "partition") != (batches is not None) or (scope.kind == "key") != (groups is not None):
         raise ValueError(f"scope.kind is {scope.kind!r}, but the file holds {'batches' if batches else 'groups' if groups else 'neither batches nor groups'}")
     if batches is not None:
@@ -831,10 +837,10 @@ def _remove_if_unreferenced(folder: Path, name: str) -> None:
     (folder / name).unlink(missing_ok=True)
 
 
-def _storable_name(name: Any, *, strict: bool = True) -> str | int:
+def _storable_name(name: Any, *, strict: bool = True, what: str = "feature name") -> str | int:
     """A name as the artifact stores it (a string or an integer).
 
-    Another name is an :class:`ArtifactError`, or with ``strict=False`` its text.
+    Another name is an :class:`ArtifactError` (``what`` says whose), or with ``strict=False`` its text.
     """
     if isinstance(name, (int, np.integer)) and not isinstance(name, (bool, np.bool_)):
         return int(name)
@@ -843,7 +849,7 @@ def _storable_name(name: Any, *, strict: bool = True) -> str | int:
     if not strict:
         return str(name)
     raise ArtifactError(
-        f"feature name {name!r} ({type(name).__name__}) cannot be saved: the artifact stores names as strings "
+        f"{what} {name!r} ({type(name).__name__}) cannot be saved: the artifact stores names as strings "
         "or integers; rename the column"
     )
 

@@ -443,6 +443,8 @@ def view_of(
     if _is_instance(data, "xarray", "DataArray") or _is_instance(data, "xarray", "Dataset"):
         return XarrayView(data, reduce_dims, feature_dims)
     is_dask = _is_instance(data, "dask.array", "Array")
+    if isinstance(data, np.ma.MaskedArray):  # its mask would be ignored: the masked values fitted and scaled
+        raise DataError("masked arrays are not read (their mask would be ignored); pass x.filled(np.nan): NaN is a missing value")
     if isinstance(data, np.ndarray) or is_dask:
         if data.ndim != 2:
             raise DataError(

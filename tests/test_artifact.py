@@ -168,7 +168,7 @@ def test_rules_and_scopes_given_numpy_scalars_save_and_load(tmp_path):
         (lambda d: d.update(passthrough=None), "passthrough: expected a list, got NoneType"),
         (lambda d: d["features"][0].update(name=None), r"features\[0\]\.name: a name is text or an integer, got None"),
         (lambda d: d["features"][0].update(dtype=5), r"features\[0\]\.dtype: expected text, got 5"),
-        (lambda d: d["scope"].update(batch_rows="x"), "scope.batch_rows: expected a positive integer or null, got 'x'"),
+        (lambda d: d["scope"].update(batch_rows="x"), "batch_rows: must be a positive integer or None, got 'x'"),
         (lambda d: d["scope"].update(kind="partition"), "scope.kind is 'partition', but the file holds neither batches nor groups"),
         # statistics no data has, and parameters no fit gives: these loaded and transformed
         (lambda d: d["statistics"]["min"].__setitem__(0, 100.0), "statistics: a min is above its max, or NaN, where there are values"),

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scalepipe as sp
-from scalepipe.errors import ColumnError, DataError, ParameterError
+from scalepipe.errors import ArtifactError, ColumnError, DataError, ParameterError
 
 from .conftest import mixed_frame
 
@@ -542,3 +542,56 @@ def test_a_rule_naming_a_variable_without_the_reduced_dims_says_so():
     ds = xr.Dataset({"t2m": (("time", "lat"), np.ones((4, 2))), "u": (("time", "level"), np.arange(8.0).reshape(4, 2))})
     with pytest.raises(ColumnError, match=r"^scalers\[0\] \(zscore\): variable 't2m' has no dimension\(s\) \['level'\] to reduce over \(its dims: \['time', 'lat'\]\); it cannot be scaled$"):
         sp.fit(ds, [sp.ZScore(["t2m"])], reduce_dims=["level"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"batch_rows": 0}, "batch_rows: must be a positive integer or None, got 0"),
+        ({"batch_rows": 2.5}, "batch_rows: must be a positive integer or None, got 2.5"),
+        ({"batch_rows": True}, "batch_rows: must be a positive integer or None, got True"),
+        ({"min_batch_rows": 0}, "min_batch_rows: must be a positive integer, got 0"),
+    ],
+)
+def test_partition_scope_settings_are_checked_in_the_python_api(settings, message):
+    """batch_rows=0 failed with a raw 'range() arg 3 must not be zero', 2.5 with a
+    TypeError, -3 said 'no rows to fit'; min_batch_rows=0 was accepted, saved,
+    and then refused by load."""
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        sp.fit(np.arange(8.0).reshape(4, 2), scope="partition", **settings)
+
+
+def test_partition_labels_must_be_one_per_partition():
+    x = np.arange(8.0).reshape(4, 2)
+    with pytest.raises(ParameterError, match="partition_labels: has 3 labels for 1 partitions"):
+        sp.fit(x, scope="partition", partition_labels=["a", "b", "c"])
+
+
+def test_a_tuple_key_column_is_refused_at_save(tmp_path):
+    """It saved, came back as a list, and the loaded model's transform failed ('unhashable type: list')."""
+    df = pd.DataFrame({("k", 1): ["a", "b", "a"], "x": [1.0, 2.0, 4.0]})
+    model = sp.fit(df, scope="key", key=("k", 1))
+    with pytest.raises(ArtifactError, match=r"key column \('k', 1\) \(tuple\) cannot be saved"):
+        model.save(tmp_path / "stats.json")
+
+
+def test_out_overlapping_the_input_gives_the_same_values():
+    """A buffer sharing memory with the input, other than the input itself, was
+    filled while being read: values off by up to ~5."""
+    rng = np.random.default_rng(0)
+    b = rng.normal(size=(400, 3)) * 10
+    model = sp.fit(b, [sp.MinMax()])
+    want = model.transform(b[:-1].copy())
+    got = model.transform(b[:-1], out=b[1:])
+    np.testing.assert_array_equal(got, want)
+    y = rng.normal(size=(300, 4)) * [1, 10, 100, 1000]
+    m = sp.fit(y[:, ::-1], [sp.MinMax()])
+    want = m.transform(y[:, ::-1].copy())
+    np.testing.assert_array_equal(m.transform(y[:, ::-1], out=y), want)  # the same memory, columns reversed
+
+
+def test_masked_arrays_are_refused():
+    """The mask was ignored at fit (the masked 1e6 fitted) and transform failed in numba."""
+    x = np.ma.masked_array([[1.0], [2.0], [1e6]], mask=[[0], [0], [1]])
+    with pytest.raises(DataError, match=r"masked arrays are not read .* x.filled\(np.nan\)"):
+        sp.fit(x)
