@@ -523,6 +523,10 @@ def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
     footers = [_parquet_footer(f) for f in files]
     schemas = [footer.schema.to_arrow_schema() for footer in footers]
     first = schemas[0]
+    for file, schema in zip(files, schemas, strict=True):
+        repeated = next((n for n in schema.names if schema.names.count(n) > 1), None)
+        if repeated is not None:
+            raise InputError(f"Parquet file {file!r} has column {repeated!r} {schema.names.count(repeated)} times; column names must be unique")
     for file, schema in zip(files[1:], schemas[1:], strict=True):
         difference = _schema_difference(first, schema)
         if difference:

@@ -452,16 +452,15 @@ def _key_as_text(frame: Any, key: Any) -> Any:
 
     Such columns are read as Arrow data to pass through unchanged
     (``io._arrow_backed``); a key of them is grouped and stored by its text,
-    ``2020-01-01``, as it was when they were read as text. String
-    dictionaries (categoricals) stay as they are: their values are text.
+    ``2020-01-01``, as it was when they were read as text. So is a
+    dictionary (categorical) key: its values are text, and grouped as Arrow
+    dictionaries the tables of two partitions failed to merge.
     """
     import pandas as pd
-    import pyarrow as pa
 
     if key is None or key not in frame.columns:
         return frame
-    dtype = frame._meta[key].dtype
-    if not isinstance(dtype, pd.ArrowDtype) or pa.types.is_dictionary(dtype.pyarrow_dtype):
+    if not isinstance(frame._meta[key].dtype, pd.ArrowDtype):
         return frame
     return frame.assign(**{key: frame[key].astype("string")})
 

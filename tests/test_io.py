@@ -429,6 +429,15 @@ def test_csv_text_columns_are_read_as_written(tmp_path, sync):
     assert got["v"].tolist() == ["NA", "5", ""] and got["x"].tolist() == [1.0, 2.0, 3.0]
 
 
+def test_a_parquet_file_naming_a_column_twice_is_an_error(tmp_path):
+    """It failed with a raw "AttributeError: 'DataFrame' object has no attribute 'dtype'"."""
+    (tmp_path / "in").mkdir()
+    table = pa.Table.from_arrays([pa.array([1.0, 2.0]), pa.array([3.0, 4.0]), pa.array([5.0, 6.0])], names=["x", "p", "p"])
+    pq.write_table(table, tmp_path / "in" / "part.0.parquet")
+    with pytest.raises(InputError, match=r"part\.0\.parquet' has column 'p' 2 times; column names must be unique"):
+        read_table(str(tmp_path / "in"), "parquet")
+
+
 def test_a_csv_header_naming_a_column_twice_is_an_error(tmp_path):
     """pandas renamed the copy ('a.1'), which was written as the output's header."""
     (tmp_path / "in").mkdir()

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import scalepipe as sp
@@ -493,6 +495,34 @@ def test_drift_refuses_arrays_clearly(tmp_path):
         drift_job(str(tmp_path / "table.json"), str(tmp_path / "x.zarr"), *where, scheduler="tcp://127.0.0.1:9")
     with pytest.raises(ConfigError, match="input.format: drift reads tables \\(parquet, csv\\), not 'zarr'"):
         drift_job(str(tmp_path / "table.json"), str(tmp_path / "x.zarr"), "zarr", ClusterConfig(), scheduler="tcp://127.0.0.1:9")
+
+
+def test_a_dictionary_key_column_over_several_files(tmp_path, client):
+    """A categorical (dictionary) key: the key tables of two partitions failed to
+    merge (ArrowTypeError: string vs dictionary), and fit --update failed on the
+    dtype's name. Grouped by its text, as dates are."""
+    from scalepipe.config import parse_config
+
+    (tmp_path / "in").mkdir()
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(2):
+        keys = rng.choice(["a", "b", "c"], 50)
+        x = rng.normal(size=50)
+        frames.append(pd.DataFrame({"key": keys, "x": x}))
+        pq.write_table(pa.table({"key": pa.array(keys).dictionary_encode(), "x": x}), tmp_path / "in" / f"part.{i}.parquet")
+    cfg = parse_config(
+        f"version: 1\ninput: {{format: parquet, path: {tmp_path / 'in'}}}\noutput: {{format: parquet, path: {tmp_path / 'out'}}}\n"
+        f"stats: {{path: {tmp_path / 'stats.json'}, scope: key, key: key}}\nscalers: [{{method: zscore, columns: [x]}}]\nreport: false\n"
+    )
+    run_job(cfg, "run", scheduler=client.scheduler.address)
+    df = pd.concat(frames, ignore_index=True)
+    got = pd.read_parquet(tmp_path / "out")
+    want = df.groupby("key")["x"].transform(lambda v: (v - v.mean()) / v.std(ddof=0))
+    np.testing.assert_allclose(got["x"].to_numpy(), want.to_numpy(), rtol=0, atol=1e-12)
+    assert got["key"].astype(str).tolist() == df["key"].tolist()
+    updated = run_job(cfg, "fit", update=True, scheduler=client.scheduler.address)
+    assert updated.model.groups.moments.count[:, 0].tolist() == (df["key"].value_counts().sort_index() * 2).tolist()
 
 
 def test_fit_update_refuses_another_batch_size(tmp_path):
