@@ -1262,8 +1262,13 @@ def _refuse_existing(dest: str, path: str, overwrite: bool) -> None:
         )
 
 
-def _commit(staging: str, dest: str, path: str, overwrite: bool) -> None:
-    """Move the complete ``staging`` folder to ``dest``; replace an old output if allowed."""
+def _commit(staging: str, dest: str, path: str, overwrite: bool, on_commit: Callable[[], None] | None = None) -> None:
+    """Move the complete ``staging`` folder to ``dest``; replace an old output if allowed.
+
+    ``on_commit`` runs as soon as the new output is in place, before the old
+    one is deleted (an interrupt during that deletion left a job's output
+    committed and its statistics not).
+    """
     parent = os.path.dirname(dest)
     if overwrite and os.path.lexists(dest):
         _refuse_existing(dest, path, overwrite)
@@ -1280,6 +1285,8 @@ def _commit(staging: str, dest: str, path: str, overwrite: bool) -> None:
                     f"committed; the previous output is kept at {aside!r}"
                 ) from exc
             raise
+        if on_commit is not None:
+            on_commit()
         fsync_dir(parent)
         _remove_tree(aside)
         return
@@ -1294,10 +1301,12 @@ def _commit(staging: str, dest: str, path: str, overwrite: bool) -> None:
         raise OutputError(
             f"output {path!r} appeared while it was being written (another writer?): {exc}"
         ) from exc
+    if on_commit is not None:
+        on_commit()
     fsync_dir(parent)
 
 
-def _staged_write(path: str, overwrite: bool, fill: Callable[[str], T]) -> T:
+def _staged_write(path: str, overwrite: bool, fill: Callable[[str], T], on_commit: Callable[[], None] | None = None) -> T:
     """Run ``fill(staging_folder)``, then commit the folder to ``path``.
 
     ``fill`` writes the data and the manifest. On any failure the staging
@@ -1317,7 +1326,7 @@ def _staged_write(path: str, overwrite: bool, fill: Callable[[str], T]) -> T:
         os.mkdir(staging)
         result = fill(staging)
         fsync_dir(staging)
-        _commit(staging, dest, path, overwrite)
+        _commit(staging, dest, path, overwrite, on_commit)
         return result
     except ScalepipeError:
         _remove_tree(staging)
@@ -1445,6 +1454,7 @@ def write_table(
     compression_level: int | None = None,
     durable: bool = True,
     alongside: Sequence[Any] = (),
+    on_commit: Callable[[], None] | None = None,
 ) -> Manifest:
     """Write a table atomically: all of it at ``path``, or nothing changes there.
 
@@ -1487,6 +1497,9 @@ def write_table(
         Lazy values (e.g. histograms of the same partitions) computed in the
         same ``dask.compute`` as the write, so shared inputs are read once;
         their values are in ``Manifest.alongside``.
+    on_commit
+        Called as soon as the output is in place (before an old one is
+        deleted): where a job publishes what belongs with it (its statistics).
 
     Returns
     -------
@@ -1551,7 +1564,7 @@ def write_table(
             alongside=tuple(extra),
         )
 
-    return _staged_write(path, overwrite, fill)
+    return _staged_write(path, overwrite, fill, on_commit)
 
 
 #: Encodings that describe how the input store laid out and compressed its chunks.
@@ -1579,14 +1592,16 @@ def _check_durable(durable: object) -> None:
         raise OutputError(f"durable must be True or False, got {durable!r}")
 
 
-def write_array(ds: xr.Dataset, path: str, *, overwrite: bool = False, durable: bool = True) -> None:
+def write_array(
+    ds: xr.Dataset, path: str, *, overwrite: bool = False, durable: bool = True, on_commit: Callable[[], None] | None = None
+) -> None:
     """Write a dataset to a Zarr store atomically, keeping its dask chunks.
 
     The same protocol as :func:`write_table`: ``ds.to_zarr`` into a staging
     store beside ``path`` (computed on the active scheduler), fsync (unless
     ``durable`` is false, as for :func:`write_table`), a ``_SUCCESS``
     manifest inside the store naming the variables with their dims, shapes,
-    dtypes and chunks, rename.
+    dtypes and chunks, rename (then ``on_commit``, as for :func:`write_table`).
 
     Raises
     ------
@@ -1624,4 +1639,4 @@ def write_array(ds: xr.Dataset, path: str, *, overwrite: bool = False, durable: 
         }
         _write_manifest(staging, _manifest_document("zarr", variables=variables, sizes=sizes))
 
-    _staged_write(path, overwrite, fill)
+    _staged_write(path, overwrite, fill, on_commit)

@@ -165,9 +165,9 @@ def run_job(
             _save(model, cfg.stats.path, cfg.stats.path)
         else:
             published = model if mode == "run" else None
-            with _artifact_published_after(published, cfg.stats.path):
+            with _artifact_published_after(published, cfg.stats.path) as publish:
                 echo(f"writing {cfg.output.path}")  # type: ignore[union-attr]
-                manifest, histograms = _transform_and_write(cfg, model, source, mode, echo)
+                manifest, histograms = _transform_and_write(cfg, model, source, mode, echo, publish)
     if mode != "transform" and cfg.report:
         from .report import write_run_report
 
@@ -579,8 +579,10 @@ def _fit(cfg: Config, source: _Input, previous: Model | None, echo: Echo) -> Mod
     )
 
 
-def _transform_and_write(cfg: Config, model: Model, source: _Input, mode: Mode, echo: Echo) -> tuple[Any, Any]:
-    """Scale the input and commit it, with whatever is counted in the same pass.
+def _transform_and_write(
+    cfg: Config, model: Model, source: _Input, mode: Mode, echo: Echo, on_commit: Callable[[], None]
+) -> tuple[Any, Any]:
+    """Scale the input and commit it, with whatever is counted in the same pass; ``on_commit`` runs once it is in place.
 
     A ``run`` in the partition scope scales each batch with its own
     statistics (training mode); ``transform`` applies the artifact's
@@ -609,7 +611,7 @@ def _transform_and_write(cfg: Config, model: Model, source: _Input, mode: Mode, 
         unseen = model.unseen_rows(data)
         # a graph like the write's, so one compute runs both without materialising expressions
         extras["unseen"] = unseen.to_delayed() if hasattr(unseen, "to_delayed") else unseen
-    manifest = _write_output(cfg, scaled, tuple(extras.values()))
+    manifest = _write_output(cfg, scaled, tuple(extras.values()), on_commit)
     values = dict(zip(extras, manifest.alongside)) if manifest is not None else {}
     if values.get("unseen"):
         echo(f"{int(values['unseen'])} row(s) had a {model.scope.key!r} value unseen at fit; scaled with the global statistics")
@@ -633,8 +635,8 @@ def _as_written(cfg: Config, model: Model, frame: Any) -> Any:
     return io.read_table(cfg.input.path, "csv", text=_text_key("csv", model), verbatim=verbatim).frame if verbatim else frame
 
 
-def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...] = ()) -> Any:
-    """Commit ``data`` at ``output.path``; the manifest of a table, ``None`` for Zarr."""
+def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...], on_commit: Callable[[], None]) -> Any:
+    """Commit ``data`` at ``output.path`` (then ``on_commit``); the manifest of a table, ``None`` for Zarr."""
     from . import io
 
     assert cfg.output is not None
@@ -646,9 +648,10 @@ def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...] = ()) -> An
             overwrite=cfg.output.overwrite,
             durable=cfg.output.durable,
             alongside=alongside,
+            on_commit=on_commit,
             **cfg.output.parquet_options(),
         )
-    io.write_array(data, cfg.output.path, overwrite=cfg.output.overwrite, durable=cfg.output.durable)
+    io.write_array(data, cfg.output.path, overwrite=cfg.output.overwrite, durable=cfg.output.durable, on_commit=on_commit)
     return None
 
 
@@ -662,21 +665,28 @@ def _save(model: Model, path: str | os.PathLike[str], named: str) -> None:
 
 
 @contextlib.contextmanager
-def _artifact_published_after(model: Model | None, path: str) -> Iterator[None]:
-    """Write ``model``'s artifact beside ``path`` now; move it to ``path`` only if the block succeeds.
+def _artifact_published_after(model: Model | None, path: str) -> Iterator[Callable[[], None]]:
+    """Write ``model``'s artifact beside ``path`` now; move it to ``path`` when the block calls the function it gets (the output is in place), or when it succeeds.
 
     Writing first means a full disk fails the job before the output is
-    committed; the move afterwards is an atomic rename.
+    committed; the move afterwards is an atomic rename, made right after the
+    output's (an interrupt while the old output was being deleted left the
+    new output with the old statistics).
     """
     if model is None:
-        yield
+        yield lambda: None
         return
     target = Path(os.path.expanduser(path))
     pending = target.with_name(f".{target.name}.pending-{uuid.uuid4().hex}")
+
+    def publish() -> None:
+        if pending.exists():
+            os.replace(pending, target)
+
     try:
         _save(model, pending, path)
-        yield
-        os.replace(pending, target)
+        yield publish
+        publish()
     finally:
         pending.unlink(missing_ok=True)
 

@@ -752,9 +752,15 @@ def test_existing_output_refused_and_overwrite_rules(tmp_path, client):
         write_table(dd.from_pandas(second, npartitions=1), str(dest), "parquet")
     assert_same_frame(pd.read_parquet(dest), first)
 
+    seen = []
+
+    def committed() -> None:  # the new output is in place, the old one not deleted yet (a job publishes its statistics here)
+        seen.append((len(pd.read_parquet(dest)), [p.name.split("-")[0] for p in tmp_path.iterdir() if p.name.startswith(".out.old")]))
+
     manifest = write_table(
-        dd.from_pandas(second, npartitions=1), str(dest), "parquet", overwrite=True
+        dd.from_pandas(second, npartitions=1), str(dest), "parquet", overwrite=True, on_commit=committed
     )
+    assert seen == [(10, [".out.old"])]
     assert manifest.rows == 10 and sorted(os.listdir(dest)) == ["_SUCCESS", "part.00000.parquet"]
     assert_same_frame(pd.read_parquet(dest), second)
     assert leftovers(tmp_path) == []
