@@ -1113,6 +1113,8 @@ def _load_manifest_document(path: str) -> dict[str, Any] | None:
 
 def _no_manifest(path: str) -> str:
     """Why ``path`` has no scalepipe manifest, for a message."""
+    if os.path.islink(_local(path)):
+        return "it is a symbolic link, which scalepipe never replaces (it writes folders)"
     if os.path.isfile(os.path.join(_local(path), MANIFEST_NAME)):
         return f"its {MANIFEST_NAME} file is not a scalepipe manifest: another tool's, such as Spark's, or damaged"
     return f"it has no scalepipe {MANIFEST_NAME} manifest"

@@ -765,6 +765,13 @@ def test_existing_output_refused_and_overwrite_rules(tmp_path, client):
     assert_same_frame(pd.read_parquet(dest), second)
     assert leftovers(tmp_path) == []
 
+    link = tmp_path / "link"  # to a scalepipe output: refused, and said so (it said "no _SUCCESS manifest")
+    link.symlink_to(dest)
+    with pytest.raises(OutputError, match="refusing to delete it .it is a symbolic link, which scalepipe never replaces"):
+        write_table(dd.from_pandas(second, npartitions=1), str(link), "parquet", overwrite=True)
+    assert_same_frame(pd.read_parquet(dest), second)
+    link.unlink()
+
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "precious.txt").write_text("keep me")
