@@ -1289,8 +1289,12 @@ def _commit(staging: str, dest: str, path: str, overwrite: bool, on_commit: Call
             raise
         if on_commit is not None:
             on_commit()
-        fsync_dir(parent)
-        _remove_tree(aside)
+        try:
+            fsync_dir(parent)
+            _remove_tree(aside)
+        except BaseException:  # an interrupt while the old output is deleted: delete the rest, hidden otherwise
+            _remove_tree(aside)
+            raise
         return
     if os.path.lexists(dest):
         raise OutputError(

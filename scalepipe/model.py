@@ -1051,6 +1051,8 @@ def fit(
     if not isinstance(scope, Scope):
         scope = Scope(scope, batch_rows, min_batch_rows, inference_stats, key)
     scope.check_settings()
+    if not isinstance(exact, (bool, np.bool_)):  # "no" would be true
+        raise ParameterError("exact", f"must be True or False, got {exact!r}")
     if exact and scope.kind != "global":
         raise ParameterError("exact", f"exact sums are kept for the global scope only, not {scope.kind!r}")
     exact_sums = None

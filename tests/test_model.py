@@ -595,3 +595,9 @@ def test_masked_arrays_are_refused():
     x = np.ma.masked_array([[1.0], [2.0], [1e6]], mask=[[0], [0], [1]])
     with pytest.raises(DataError, match=r"masked arrays are not read .* x.filled\(np.nan\)"):
         sp.fit(x)
+
+
+def test_exact_must_be_a_boolean():
+    """exact="no" was taken as true."""
+    with pytest.raises(ParameterError, match="exact: must be True or False, got 'no'"):
+        sp.fit(np.arange(6.0).reshape(3, 2), exact="no")
