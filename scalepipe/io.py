@@ -725,7 +725,7 @@ def _read_csv_part(
                 first = pd.read_csv(path, header=None, skiprows=1, nrows=1, dtype=str, index_col=False).iloc[0].tolist()
             except pd.errors.EmptyDataError:  # a header alone
                 return meta[wanted].copy()
-            _check_row_length(len(first), first, names, "line 2 of the file")
+            _check_row_length(first, names, "line 2 of the file")
             df = pd.read_csv(path, skiprows=1, **options)
         else:
             with open(path, "rb") as f:
@@ -735,7 +735,7 @@ def _read_csv_part(
             if not data.strip():
                 return meta[wanted].copy()
             fields = next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8", "replace")]), [])
-            _check_row_length(len(fields), fields, names, "line 1")
+            _check_row_length(fields, names, "line 1")
             df = pd.read_csv(io.BytesIO(data), **options)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         where = _csv_where(offset, length)
@@ -763,12 +763,12 @@ def _read_csv_part(
     return _conform(df, meta, wanted, path)
 
 
-def _check_row_length(count: int, fields: list[Any], names: list[str], line: str) -> None:
+def _check_row_length(fields: list[Any], names: list[str], line: str) -> None:
     """Refuse a block whose first row (at ``line``) holds a value beyond the header's fields (pandas would drop it, and every such row's).
 
     An empty last field, a delimiter at the end of the line, is nothing.
     """
-    if count > len(names) and any(isinstance(v, str) and v != "" for v in fields[len(names) :]):
+    if any(isinstance(v, str) and v != "" for v in fields[len(names) :]):
         raise pd.errors.ParserError(f"a row holds more fields than the header's {len(names)} ({line})")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -233,44 +234,40 @@ def test_json_python_cannot_parse_is_refused_naming_the_file(tmp_path, text):
         sp.load(tmp_path / "stats.json")
 
 
-def test_side_tables_with_fractional_counts_are_refused(tmp_path):
-    """Counts of 3.7 in the .npz were truncated to integers silently."""
+def _side_tables_replaced(tmp_path, change) -> None:
+    """A key-scope artifact with side tables, its tables file's bytes replaced by ``change(old bytes)`` and rehashed (as anyone can)."""
     import hashlib
 
     keys = pd.DataFrame({"k": np.arange(40_002) % 20_001, "v": np.arange(40_002.0)})  # beyond INLINE_TABLE_VALUES
     sp.fit(keys, scope="key", key="k").save(tmp_path / "stats.json")
-    doc = json.loads((tmp_path / "stats.json").read_text())
-    table = tmp_path / doc["tables"]["file"]
-    with np.load(table) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["groups.count"] = arrays["groups.count"] + 0.7
-    np.savez(table, **arrays)
-    if table.suffix != ".npz":
-        table.with_name(table.name + ".npz").replace(table)
+    table = tmp_path / json.loads((tmp_path / "stats.json").read_text())["tables"]["file"]
+    table.write_bytes(change(table.read_bytes()))
 
     def rehash(d):
         d["tables"]["sha256"] = "sha256:" + hashlib.sha256(table.read_bytes()).hexdigest()
         d["checksum"] = checksum(d)
 
     _rewrite(tmp_path / "stats.json", rehash)
+
+
+def test_side_tables_with_fractional_counts_are_refused(tmp_path):
+    """Counts of 3.7 in the .npz were truncated to integers silently."""
+
+    def fractional(data: bytes) -> bytes:
+        with np.load(io.BytesIO(data)) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["groups.count"] = arrays["groups.count"] + 0.7
+        out = io.BytesIO()
+        np.savez(out, **arrays)
+        return out.getvalue()
+
+    _side_tables_replaced(tmp_path, fractional)
     with pytest.raises(ArtifactError, match="groups.statistics: a count is not a whole number"):
         sp.load(tmp_path / "stats.json")
 
 
 def test_a_side_tables_file_that_is_not_numeric_tables_is_refused(tmp_path):
-    import hashlib
-
-    keys = pd.DataFrame({"k": np.arange(40_002) % 20_001, "v": np.arange(40_002.0)})  # beyond INLINE_TABLE_VALUES
-    sp.fit(keys, scope="key", key="k").save(tmp_path / "stats.json")
-    doc = json.loads((tmp_path / "stats.json").read_text())
-    table = tmp_path / doc["tables"]["file"]
-    table.write_bytes(b"not a zip")
-
-    def rehash(d):
-        d["tables"]["sha256"] = "sha256:" + hashlib.sha256(b"not a zip").hexdigest()
-        d["checksum"] = checksum(d)
-
-    _rewrite(tmp_path / "stats.json", rehash)
+    _side_tables_replaced(tmp_path, lambda _: b"not a zip")
     with pytest.raises(ArtifactError, match="cannot be read as numeric tables"):
         sp.load(tmp_path / "stats.json")
 
