@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import buffers
 from .errors import ColumnError
 from .stats import KERNEL_DTYPES, Columns
 
@@ -115,12 +116,21 @@ def map_columns(
         for k, p in enumerate(positions):
             scaled[columns[p]] = out[:, k]
     data = {  # by position: a column passed through may share its name with another
-        i: (scaled[c].astype(output_dtype(df[c].dtype), copy=False) if c in scaled else df.iloc[:, i])
+        i: (_as_dtype(scaled[c], output_dtype(df[c].dtype)) if c in scaled else df.iloc[:, i])
         for i, c in enumerate(df.columns)
     }
     out = pd.DataFrame(data, index=df.index, copy=False)
     out.columns = df.columns
     return out
+
+
+def _as_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` as ``dtype``: themselves, or a copy in recycled memory (:mod:`~scalepipe.buffers`)."""
+    if values.dtype == dtype:
+        return values
+    converted = buffers.empty(values.shape, dtype)
+    np.copyto(converted, values, casting="same_kind")
+    return converted
 
 
 def output_dtype(dtype: object) -> np.dtype:

@@ -57,7 +57,7 @@ import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
 import dask
 import dask.config
@@ -993,6 +993,30 @@ def _sha256(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+class _HashingWriter:
+    """A binary file that hashes what is written through it (sha256), so the file need not be read again."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
 def _start_writeback(path: str) -> None:
     """Ask the kernel to start writing the file to disk now, without waiting for it.
 
@@ -1425,10 +1449,13 @@ def _write_partition(
         if data_format == "parquet":
             table = _arrow_table(df, schema, keep_index)
             dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
-            pq.write_table(table, tmp, use_dictionary=dictionary or False, **parquet_options)
+            with open(tmp, "wb") as f:
+                sink = _HashingWriter(f)
+                pq.write_table(table, sink, use_dictionary=dictionary or False, **parquet_options)
+            digest, size = sink.digest.hexdigest(), sink.size
         else:
             df.to_csv(tmp, index=keep_index, header=True)
-        digest, size = _sha256(tmp)
+            digest, size = _sha256(tmp)
         if flush == "now":
             _fsync_file(tmp)
         elif flush == "later":

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
+from . import buffers
 from ._accel import numba_kernels
 from .errors import DataError, ParameterError
 from .stats import KERNEL_DTYPES, Columns, Moments, NonFiniteError
@@ -465,11 +466,15 @@ def affine_output(x: np.ndarray | Columns) -> np.ndarray:
     """A new buffer for :func:`apply_affine`'s result on ``x``.
 
     ``x``'s shape and :func:`affine_dtype`; column-major for a table's
-    :class:`Columns` (the kernel writes each column contiguously).
+    :class:`Columns` (the kernel writes each column contiguously) and for a
+    column-major array, else row-major. From :mod:`~scalepipe.buffers`'
+    recycled memory, so a partition's result does not page-fault in new
+    memory.
     """
     if isinstance(x, Columns):
-        return np.empty(x.shape, order="F")
-    return np.empty_like(x, dtype=affine_dtype(x))
+        return buffers.empty(x.shape, order="F")
+    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+    return buffers.empty(x.shape, affine_dtype(x), order)
 
 
 def apply_affine(
