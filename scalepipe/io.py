@@ -297,9 +297,13 @@ def read_table(
         (``007`` stays ``007``; blanks and ``NA`` are still missing values),
         e.g. a key column whose fitted keys are text.
     verbatim
-        CSV only: columns read as the text written in the file (``007``,
-        ``5``, ``NA`` and a blank stay as they are; no number or missing value
-        is parsed), so that a CSV written from them repeats them unchanged.
+        Columns read so that a table written from them repeats them
+        unchanged. CSV: as the text written in the file (``007``, ``5``,
+        ``NA`` and a blank stay as they are; no number or missing value is
+        parsed). Parquet: string, ``null`` and float columns as the file's
+        Arrow data (``pd.ArrowDtype``), so a ``string`` column stays
+        ``string``, a ``null`` column ``null``, and NaN and null stay apart
+        in a float column (pandas' own dtypes make both NaN).
 
     Returns
     -------
@@ -334,7 +338,7 @@ def read_table(
     True
     """
     if format == "parquet":
-        return _read_parquet(path, columns)
+        return _read_parquet(path, columns, frozenset(verbatim))
     if format == "csv":
         return _read_csv(path, columns, frozenset(text), frozenset(verbatim))
     raise InputError(f"table format {format!r} is not supported; use 'parquet' or 'csv'")
@@ -422,13 +426,26 @@ def _nullable_or_arrow_backed(arrow_type: pa.DataType) -> pd.api.extensions.Exte
     return _NULLABLE_INTEGERS.get(arrow_type) or _arrow_backed(arrow_type)
 
 
-def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str]) -> pd.DataFrame:
-    """Empty frame with the dtypes every partition is converted to."""
+def _read_as_arrow(arrow_type: pa.DataType) -> bool:
+    """Whether a verbatim column of this type is read as Arrow data: the types pandas' own dtypes change.
+
+    Strings (pandas makes ``string`` ``large_string``), ``null`` (text) and
+    floats (NaN and null both NaN). The others pandas' dtypes keep, or
+    :func:`_arrow_backed` reads as Arrow data anyway.
+    """
+    t = pa.types
+    return t.is_string(arrow_type) or t.is_large_string(arrow_type) or t.is_null(arrow_type) or t.is_floating(arrow_type)
+
+
+def _parquet_meta(schema: pa.Schema, columns: list[str], nullable: set[str], verbatim: frozenset[str]) -> pd.DataFrame:
+    """Empty frame with the dtypes every partition is converted to (``verbatim`` columns as Arrow data)."""
     meta = schema.empty_table().to_pandas(types_mapper=_arrow_backed)
     meta = meta[columns]
     for name in columns:
         dtype = meta[name].dtype
-        if name in nullable and dtype.kind in "iu":
+        if name in verbatim and _read_as_arrow(schema.field(name).type):
+            meta[name] = pd.arrays.ArrowExtensionArray(pa.chunked_array([], schema.field(name).type))
+        elif name in nullable and dtype.kind in "iu":
             meta[name] = meta[name].astype(_NULLABLE_INTEGERS[schema.field(name).type])
         elif name in nullable and dtype.kind == "b":
             meta[name] = meta[name].astype("boolean")
@@ -477,6 +494,7 @@ def _conform(df: pd.DataFrame, meta: pd.DataFrame, columns: Sequence[str], path:
 def _read_parquet_part(
     part: tuple[str, tuple[int, ...]],
     meta: pd.DataFrame,
+    verbatim: frozenset[str] = frozenset(),
     columns: list[str] | None = None,
 ) -> pd.DataFrame:
     path, row_groups = part
@@ -492,8 +510,17 @@ def _read_parquet_part(
             table = pf.read(columns=wanted, use_pandas_metadata=True)
         # Arrow's buffers, not a consolidated copy; integers with nulls as pandas' nullable
         # integers (to_pandas would make them float64, inexact beyond 2**53); see _arrow_backed
-        exact = any(isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "iu" for dtype in meta.dtypes)
-        df = table.to_pandas(split_blocks=True, types_mapper=_nullable_or_arrow_backed if exact else _arrow_backed)
+        exact = any(
+            isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "iu" and name not in verbatim
+            for name, dtype in meta.dtypes.items()
+        )
+        kept = [c for c in wanted if c in verbatim and _read_as_arrow(table.schema.field(c).type)]
+        arrow = {c: table.column(c) for c in kept}
+        df = table.drop_columns(kept).to_pandas(
+            split_blocks=True, types_mapper=_nullable_or_arrow_backed if exact else _arrow_backed
+        )
+        if kept:  # the verbatim columns as they are: Arrow's own arrays
+            df = df.assign(**{c: pd.arrays.ArrowExtensionArray(values) for c, values in arrow.items()})[wanted]
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"Parquet file {path!r} cannot be read: {exc}") from exc
     return _conform(df, meta, wanted, path)
@@ -516,7 +543,7 @@ def _row_group_runs(footer: pq.FileMetaData, target: int) -> list[tuple[int, ...
     return runs or [()]
 
 
-def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
+def _read_parquet(path: str, columns: Sequence[str] | None, verbatim: frozenset[str]) -> TableSource:
     import dask.dataframe as dd
 
     files = _data_files(path)
@@ -545,7 +572,7 @@ def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
         if f.name in selected and (pa.types.is_integer(f.type) or pa.types.is_boolean(f.type))
     ]
     nullable = {c for c in widened if any(_may_hold_nulls(ft, c) for ft in footers)}
-    meta = _parquet_meta(first, selected, nullable)
+    meta = _parquet_meta(first, selected, nullable, verbatim)
 
     target = parse_bytes(dask.config.get("scalepipe.io.parquet-partition-size", "128MiB"))
     parts = [
@@ -553,7 +580,7 @@ def _read_parquet(path: str, columns: Sequence[str] | None) -> TableSource:
         for file, footer in zip(files, footers, strict=True)
         for run in _row_group_runs(footer, target)
     ]
-    frame = dd.from_map(_read_parquet_part, parts, args=(meta,), meta=meta, label="read-parquet")
+    frame = dd.from_map(_read_parquet_part, parts, args=(meta, verbatim), meta=meta, label="read-parquet")
     return TableSource(
         frame=frame,
         files=[file for file, _ in parts],
@@ -1381,7 +1408,8 @@ def _arrow_schema(meta: pd.DataFrame, keep_index: bool) -> pa.Schema | None:
         schema = pa.Schema.from_pandas(meta, preserve_index=keep_index)
     except (pa.ArrowException, TypeError, ValueError):
         return None
-    if any(pa.types.is_null(f.type) for f in schema):
+    # an empty object column says nothing of its type; an Arrow-backed null column is one
+    if any(pa.types.is_null(f.type) and not isinstance(d, pd.ArrowDtype) for f, d in zip(schema, meta.dtypes)):
         return None
     return schema
 

@@ -619,20 +619,27 @@ def _transform_and_write(
 
 
 def _as_written(cfg: Config, model: Model, frame: Any) -> Any:
-    """``frame``, or for a CSV written as CSV, the input again with the columns not scaled read as the file's text.
+    """``frame``, or for a table written in its input's format, the input again with the columns not scaled read verbatim.
 
-    Read as numbers, such a column came out reformatted (``007`` as ``7.0``,
-    ``5`` as ``5.0``) and markers such as ``NA`` as blanks; read as text,
-    the output repeats them. The scaled columns and the key column keep
-    their dtypes: the statistics apply to them.
+    CSV: read as numbers, such a column came out reformatted (``007`` as
+    ``7.0``, ``5`` as ``5.0``) and markers such as ``NA`` as blanks; read as
+    text, the output repeats them. Parquet: through pandas' dtypes, a
+    ``string`` column came out ``large_string``, a ``null`` one
+    ``large_string``, and NaN as null; read as Arrow data, the output
+    repeats them. The scaled columns and the key column keep their dtypes:
+    the statistics apply to them.
     """
-    if cfg.input.format != "csv" or cfg.output is None or cfg.output.format != "csv":
+    data_format = cfg.input.format
+    if data_format not in ("csv", "parquet") or cfg.output is None or cfg.output.format != data_format:
         return frame
     from . import io
 
     kept = {*model.feature_names, model.scope.key}
     verbatim = [c for c in frame.columns if c not in kept]
-    return io.read_table(cfg.input.path, "csv", text=_text_key("csv", model), verbatim=verbatim).frame if verbatim else frame
+    if not verbatim:
+        return frame
+    table = io.read_table(cfg.input.path, data_format, text=_text_key(data_format, model), verbatim=verbatim)
+    return _key_as_text(table.frame, model.scope.key)
 
 
 def _write_output(cfg: Config, data: Any, alongside: tuple[Any, ...], on_commit: Callable[[], None]) -> Any:

@@ -429,6 +429,23 @@ def test_csv_text_columns_are_read_as_written(tmp_path, sync):
     assert got["v"].tolist() == ["NA", "5", ""] and got["x"].tolist() == [1.0, 2.0, 3.0]
 
 
+def test_parquet_verbatim_columns_are_the_files_arrow_data(tmp_path, sync):
+    """``verbatim`` keeps NaN and null apart and the Arrow types; the rows stay
+    beside their index (the file's pandas index) and the other columns keep pandas' dtypes."""
+    (tmp_path / "in").mkdir()
+    df = pd.DataFrame({"x": [1.0, np.nan, 3.0], "s": ["a", None, "c"]}, index=pd.Index([30, 10, 20], name="row"))
+    table = pa.Table.from_pandas(df)
+    table = table.add_column(1, "f", pa.array([np.nan, None, 2.5], from_pandas=False))
+    pq.write_table(table, tmp_path / "in" / "a.parquet")
+    got = read_table(str(tmp_path / "in"), "parquet", verbatim=["f", "s"]).frame.compute()
+    assert list(got.columns) == ["x", "f", "s"] and got.index.tolist() == [30, 10, 20]
+    assert got["x"].dtype == np.float64 and got["f"].dtype == pd.ArrowDtype(pa.float64())
+    assert pa.array(got["s"]).type == pq.read_schema(tmp_path / "in" / "a.parquet").field("s").type
+    f = pa.array(got["f"])
+    assert f.is_null().to_pylist() == [False, True, False] and np.isnan(f[0].as_py()) and f[2].as_py() == 2.5
+    assert got["s"].tolist()[::2] == ["a", "c"] and pd.isna(got["s"].iloc[1])
+
+
 def test_a_parquet_file_naming_a_column_twice_is_an_error(tmp_path):
     """It failed with a raw "AttributeError: 'DataFrame' object has no attribute 'dtype'"."""
     (tmp_path / "in").mkdir()
