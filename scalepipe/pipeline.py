@@ -141,7 +141,7 @@ def run_job(
         _refuse_existing_output(cfg)
     _ensure_demo_input(cfg, echo)
     previous = load(cfg.stats.path) if mode == "transform" or update else None
-    source = _open_input(cfg, _text_key(cfg.input.format, previous))
+    source = _open_input(cfg, _text_key(cfg.input.format, previous, cfg.stats.key))
     if update:
         _check_update_settings(cfg, previous)
     if previous is not None:
@@ -215,7 +215,7 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
         warnings.append(problem)
     if cfg.input.demo is not None and not os.path.exists(cfg.input.path):
         return [f"input: {cfg.input.path} does not exist yet; demo data will be written there"], warnings
-    source = _open_input(cfg, [])
+    source = _open_input(cfg, _text_key(cfg.input.format, None, cfg.stats.key))
     view = _schema_view(cfg, source, None)
     scalers = cfg.scaler_objects()
     features, passthrough = resolve_columns(view, scalers, exclude=_key_columns(cfg))
@@ -424,13 +424,22 @@ def _ensure_demo_input(cfg: Config, echo: Echo) -> None:
     write_demo_table(cfg.input.path, rows=demo.rows, files=demo.files, seed=demo.seed)
 
 
-def _text_key(input_format: str, model: Model | None) -> list[str]:
-    """A CSV input's key column, when the statistics' keys are text: read as text whatever the new file's values look like.
+def _text_key(input_format: str, model: Model | None, key: Any = None) -> list[str]:
+    """A CSV input's key column, read as text: a key is an identifier, and its text in the file is the key.
 
-    Inferred from a new file, a key column of ``007`` values came out as
-    numbers, none of them a fitted key.
+    At fit (no statistics yet; ``key``, the configured key column) and with
+    statistics whose keys are text. Read as numbers, ``02134`` and ``2134``
+    were one key, IDs beyond 2**53 that the sampled rows did not show were
+    rounded into one, and the output's key column was rewritten (``2134.0``);
+    inferred from a new file, a key column of ``007`` values came out as
+    numbers, none of them a fitted key. Statistics keyed by numbers (fitted
+    by an earlier scalepipe) keep reading the column as numbers.
     """
-    if input_format != "csv" or model is None or model.groups is None:
+    if input_format != "csv":
+        return []
+    if model is None:
+        return [] if key is None else [key]
+    if model.groups is None:
         return []
     return [model.scope.key] if _key_family(model.groups.keys.dtype.kind) == "text" else []
 
