@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import ColumnError
 from .stats import Moments, NonFiniteError, _two_sum, merge
 
 __all__ = ["KeyTable", "key_moments", "merge_tables"]
@@ -66,6 +67,7 @@ def key_moments(keys: Any, x: np.ndarray, names: Sequence[object] | None = None)
         Feature names, used to name a column holding ``inf``.
     """
     exact = keys if isinstance(keys, (pd.Series, pd.Index)) else np.asarray(keys)
+    _check_one_type(exact)
     codes, uniques = pd.factorize(exact, use_na_sentinel=True)
     k, f = len(uniques), x.shape[1]
     fields = {name: np.empty((k, f)) for name in ("min", "max", "mean", "mean_lo", "m2")}
@@ -98,6 +100,46 @@ def key_moments(keys: Any, x: np.ndarray, names: Sequence[object] | None = None)
     return KeyTable(pd.Index(uniques), Moments(count, nan_count, absmax=absmax, **fields))
 
 
+def _check_one_type(keys: Any) -> None:
+    """Refuse keys of several types (``1`` and ``True``, ``1`` and ``"a"``): grouping would make ``1`` and ``True`` one key."""
+    if keys.dtype != object or pd.api.types.infer_dtype(keys, skipna=True) not in ("mixed", "mixed-integer"):
+        return
+    kinds = sorted({type(v).__name__ for v in pd.Series(keys).dropna()})
+    name = getattr(keys, "name", None)
+    raise ColumnError(
+        f"key column{'' if name is None else f' {name!r}'} holds keys of several types ({', '.join(kinds)}); "
+        "keys must be of one type (1 and True would be one key): cast the column, e.g. to strings"
+    )
+
+
+def key_family(kind: str) -> str:
+    """The family of keys of a numpy dtype ``kind``: ``integer``, ``float``, ``boolean`` or ``text`` (others)."""
+    return {"i": "integer", "u": "integer", "f": "float", "b": "boolean"}.get(kind, "text")
+
+
+def _aligned_keys(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
+    """``a`` and ``b`` with one dtype that holds both exactly (int64 and uint64 keys), else :class:`ColumnError`."""
+    if not len(a) or not len(b) or a.dtype == b.dtype:
+        return a, b
+    fa, fb = key_family(a.dtype.kind), key_family(b.dtype.kind)
+    if fa == fb == "integer":
+        both = np.concatenate([a.to_numpy().astype(object), b.to_numpy().astype(object)])
+        for dtype in (np.int64, np.uint64):
+            info = np.iinfo(dtype)
+            if info.min <= both.min() and both.max() <= info.max:
+                return pd.Index(a.to_numpy().astype(dtype)), pd.Index(b.to_numpy().astype(dtype))
+        raise ColumnError(
+            f"the new rows' keys ({b.dtype}) and the fitted keys ({a.dtype}) have no integer type that holds both "
+            "exactly (negative keys and keys beyond 2**63)"
+        )
+    if fa == fb:
+        return a, b
+    raise ColumnError(
+        f"the new rows' keys are {fb} ({b.dtype}), the fitted keys {fa} ({a.dtype}): keys of another type do not "
+        "merge with the fitted ones exactly; cast the key column to the fitted keys' type"
+    )
+
+
 def _scatter(table: KeyTable, where: np.ndarray, size: int) -> Moments:
     full = Moments.empty((size, table.moments.count.shape[1])).to_dict()
     for name, values in table.moments.to_dict().items():
@@ -106,7 +148,16 @@ def _scatter(table: KeyTable, where: np.ndarray, size: int) -> Moments:
 
 
 def merge_tables(a: KeyTable, b: KeyTable) -> KeyTable:
-    """The per-key statistics of the union of two disjoint row sets."""
+    """The per-key statistics of the union of two disjoint row sets.
+
+    Raises
+    ------
+    ColumnError
+        The tables' keys are of two types (integers and floats, numbers and
+        text), or integers that no one integer type holds.
+    """
+    keys_a, keys_b = _aligned_keys(a.keys, b.keys)
+    a, b = KeyTable(keys_a, a.moments), KeyTable(keys_b, b.moments)
     new = b.keys[~b.keys.isin(a.keys)]
     keys = a.keys.append(new)
     size = len(keys)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .batches import scale_batches
+from .groups import key_family
 from .methods import (
     _AFFINE_FIELDS,
     Affine,
@@ -138,8 +139,15 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
 
     Exact: a float key matches an integer key only when it is that integer
     (pandas would compare them as floats, so ``2.0**53`` would find a
-    fitted ``2**53 + 1``).
+    fitted ``2**53 + 1``); in a column of Python objects, a key of another
+    type is not found (pandas finds ``1`` for a fitted ``True``).
     """
+    if column.dtype == object and len(column):
+        wanted = _KIN[key_family(keys.dtype.kind)]
+        kin = np.fromiter((isinstance(v, wanted) and not _wrong_bool(v, wanted) for v in column.to_numpy()), bool, len(column))
+        found = np.full(len(column), -1, dtype=np.intp)
+        found[kin] = keys.get_indexer(column[kin])
+        return found
     if keys.dtype.kind in "iu" and column.dtype.kind == "f":
         unsigned = keys.dtype.kind == "u"
         target, lo, hi = (np.uint64, 0.0, 2.0**64) if unsigned else (np.int64, -(2.0**63), 2.0**63)
@@ -150,6 +158,20 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
         found[whole] = keys.get_indexer(values[whole].astype(target))
         return found
     return keys.get_indexer(column)
+
+
+#: The Python types of the keys of each family (numbers match numbers of the other kind only when equal).
+_KIN: dict[str, tuple[type, ...]] = {
+    "integer": (int, np.integer, float, np.floating),
+    "float": (int, np.integer, float, np.floating),
+    "boolean": (bool, np.bool_),
+    "text": (str,),
+}
+
+
+def _wrong_bool(value: object, wanted: tuple[type, ...]) -> bool:
+    """A boolean where numbers are wanted (``bool`` is an ``int`` to Python)."""
+    return isinstance(value, (bool, np.bool_)) and bool not in wanted
 
 
 def unseen_mask(keys: Any, column: Any) -> np.ndarray:

@@ -104,6 +104,10 @@ class Scope:
             raise ParameterError("key", f"is only used with scope 'key' (scope is {self.kind!r}), got {self.key!r}")
         if self.kind != "partition" and self.batch_rows is not None:
             raise ParameterError("batch_rows", f"is only used with scope 'partition' (scope is {self.kind!r}), got {self.batch_rows!r}")
+        if self.kind != "partition" and self.inference_stats != "running":
+            raise ParameterError(
+                "inference_stats", f"is only used with scope 'partition' (scope is {self.kind!r}), got {self.inference_stats!r}"
+            )
 
 
 @dataclass
@@ -406,6 +410,11 @@ class Model:
             raise self._keyed_error(err, m) from None
         return KeyMap(self.scope.key, self.groups.keys, per_key, self.params, names, inverse)
 
+    def _check_keyed_params(self) -> None:
+        """Key scope: derive every key's parameters once, so a fit fails as a global one does (``constant_policy: error``)."""
+        if self.groups is not None:
+            self._map(inverse=False)
+
     def _keyed_error(self, err: DataError, m: Moments) -> DataError:
         """``err`` from the per-key parameters ``m``, naming the keys whose columns are constant under ``constant_policy: error``."""
         refused = np.array([self.scalers[r].constant_policy == "error" for r in self.rules.rule_of])
@@ -471,6 +480,7 @@ class Model:
             if new is not None:
                 self.moments = merge(self.moments, new)
             self.params = self._derive_params()
+            self._check_keyed_params()
         except BaseException:
             self.moments, self.exact, self.batches, self.groups = before
             raise
@@ -1082,9 +1092,11 @@ def fit(
         "input_fingerprint": {"kind": view.kind, "rows": rows, "features": len(view.names)},
         **(meta or {}),
     }
-    return Model(
+    model = Model(
         rules, features, passthrough, moments, meta=info, scope=scope, batches=batches, groups=groups, exact=exact_sums
     )
+    model._check_keyed_params()
+    return model
 
 
 def load(path: str | os.PathLike[str]) -> Model:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from .codecs import describe
 from .config import TABLE_FORMATS, Config, config_hash
 from .errors import ColumnError, ConfigError, DataError, OutputError
+from .groups import key_family
 from .model import Model, fit, load, resolve_columns
 from .stats import NonFiniteError
 from .views import ARRAY_KINDS, View, view_of
@@ -265,10 +266,6 @@ def _check_reduce_dims(cfg: Config, previous: Model, command: str) -> None:
         )
 
 
-def _key_family(kind: str) -> str:
-    return {"i": "integer", "u": "integer", "f": "float", "b": "boolean"}.get(kind, "text")
-
-
 def _check_update_keys(previous: Model, source: Any) -> None:
     """``fit --update`` of a key-scope artifact needs the key column to hold keys of the artifact's type.
 
@@ -280,8 +277,8 @@ def _check_update_keys(previous: Model, source: Any) -> None:
     key = previous.scope.key
     if previous.groups is None or source.schema is None or key not in source.schema:
         return
-    fitted = _key_family(previous.groups.keys.dtype.kind)
-    given = _key_family(pd.api.types.pandas_dtype(source.schema[key]).kind)
+    fitted = key_family(previous.groups.keys.dtype.kind)
+    given = key_family(pd.api.types.pandas_dtype(source.schema[key]).kind)
     if fitted != given:
         raise ColumnError(
             f"stats.key: key column {key!r} is {source.schema[key]} ({given}) in the input, but the statistics at "
@@ -441,7 +438,7 @@ def _text_key(input_format: str, model: Model | None, key: Any = None) -> list[s
         return [] if key is None else [key]
     if model.groups is None:
         return []
-    return [model.scope.key] if _key_family(model.groups.keys.dtype.kind) == "text" else []
+    return [model.scope.key] if key_family(model.groups.keys.dtype.kind) == "text" else []
 
 
 def _open_input(cfg: Config, text: list[str]) -> _Input:

@@ -54,8 +54,6 @@ input:
 stats:
   scope: key
   key: sensor
-  min_batch_rows: 3
-  inference_stats: global
   exact: false
   path: artifacts/stats.json
 scalers:
@@ -388,6 +386,20 @@ BAD = [
         "stats.batch_rows",
         "batch_rows",
         "only used with scope: partition (scope is 'global'), got 1000",
+    ),
+    (
+        "inference-stats-with-key-scope",
+        MINIMAL + "stats:\n  scope: key\n  key: sensor\n  inference_stats: global\n",
+        "stats.inference_stats",
+        "inference_stats",
+        "only used with scope: partition (scope is 'key'), got 'global'",
+    ),
+    (
+        "min-batch-rows-with-global-scope",
+        MINIMAL + "stats:\n  min_batch_rows: 5\n",
+        "stats.min_batch_rows",
+        "min_batch_rows",
+        "only used with scope: partition (scope is 'global'), got 5",
     ),
     (
         "batch-rows-zero",

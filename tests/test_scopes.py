@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import scalepipe as sp
-from scalepipe.errors import DataError, ParameterError
+from scalepipe.errors import ColumnError, DataError, ParameterError
 
 
 def exact_mean_var(b):
@@ -447,11 +447,49 @@ def test_integer_keys_beyond_2_53_with_nulls_stay_apart(tmp_path):
 
 def test_a_constant_key_under_constant_policy_error_is_named():
     """The error said the column is constant, which it is not overall: only
-    the key's values are."""
+    the key's values are. The fit fails, as a global fit does (it saved
+    statistics that every transform then refused), and so does a
+    partial_fit that makes a key constant (the model stays as it was)."""
     df = pd.DataFrame({"k": ["a", "a", "b", "b", "c"], "x": [1.0, 2.0, 5.0, 5.0, 7.0]})
-    model = sp.fit(df, [sp.MinMax(["x"], constant_policy="error")], scope="key", key="k")
+    rules = [sp.MinMax(["x"], constant_policy="error")]
     with pytest.raises(DataError, match=r"column\(s\) 'x' are constant .*; in the statistics of 2 'k' value\(s\): 'b', 'c'$"):
-        model.transform(df)
+        sp.fit(df, rules, scope="key", key="k")
+    first = df.iloc[:4].assign(x=[1.0, 2.0, 5.0, 6.0])
+    model = sp.fit(first, rules, scope="key", key="k")
+    with pytest.raises(DataError, match=r"in the statistics of 1 'k' value\(s\): 'c'$"):
+        model.partial_fit(df.iloc[4:])
+    assert model.groups.keys.tolist() == ["a", "b"]
+    np.testing.assert_array_equal(model.transform(first)["x"], [0.0, 1.0, 0.0, 1.0])
+
+
+def test_keys_of_several_types_are_refused():
+    """An object key column holding 1, True and 1.0 was grouped as one key
+    (pandas hashes them alike), and a fitted True found a new 1; partial_fit
+    with float keys onto integer keys failed with pandas' InvalidIndexError,
+    and int64 with uint64 keys became float64 keys (inexact)."""
+    mixed = pd.DataFrame({"k": pd.Series([1, 1, True, True, 1.0], dtype=object), "x": [0.0, 2.0, 100.0, 104.0, 50.0]})
+    with pytest.raises(ColumnError, match=r"key column 'k' holds keys of several types \(bool, float, int\)"):
+        sp.fit(mixed, [sp.MinMax(["x"])], scope="key", key="k")
+    flags = sp.fit(pd.DataFrame({"k": [True, False, True, False], "x": [0.0, 10.0, 4.0, 20.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    new = pd.DataFrame({"k": pd.Series([1, 0, True, np.int64(1)], dtype=object), "x": [2.0, 15.0, 2.0, 2.0]})
+    assert flags.unseen_rows(new) == 3
+    np.testing.assert_allclose(flags.transform(new)["x"], [0.1, 0.75, 0.5, 0.1], rtol=0, atol=1e-15)  # unseen: the global map
+
+    big = 2**53
+    ints = sp.fit(pd.DataFrame({"k": np.array([big, big + 1]), "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    with pytest.raises(ColumnError, match=r"new rows' keys are float \(float64\), the fitted keys integer \(int64\)"):
+        ints.partial_fit(pd.DataFrame({"k": [0.5], "x": [5.0]}))
+    assert ints.groups.keys.tolist() == [big, big + 1]
+    ints.partial_fit(pd.DataFrame({"k": np.array([2**64 - 1], np.uint64), "x": [5.0]}))
+    assert ints.groups.keys.dtype == np.uint64 and ints.groups.keys.tolist() == [big, big + 1, 2**64 - 1]
+    negative = sp.fit(pd.DataFrame({"k": [-1, 2], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    with pytest.raises(ColumnError, match=r"no integer type that holds both"):
+        negative.partial_fit(pd.DataFrame({"k": np.array([2**64 - 1], np.uint64), "x": [5.0]}))
+
+
+def test_inference_stats_belongs_to_the_partition_scope():
+    with pytest.raises(ParameterError, match=r"inference_stats: is only used with scope 'partition' \(scope is 'key'\)"):
+        sp.fit(pd.DataFrame({"k": [1, 2], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k", inference_stats="global")
 
 
 def test_a_key_too_small_for_ddof_is_not_refused_as_constant():
