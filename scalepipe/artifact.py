@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,33 @@ def render_artifact(doc: dict[str, Any]) -> str:
     full = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **doc}
     full["checksum"] = checksum(full)
     return json.dumps(full, indent=1, allow_nan=False) + "\n"
+
+
+#: How every artifact starts (its format field first; :func:`render_artifact`).
+_ARTIFACT_START = re.compile(rb'\s*\{\s*"format"\s*:\s*"' + re.escape(FORMAT.encode()) + rb'"')
+
+
+def replace_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why saving statistics at ``path`` would destroy something, or ``None``.
+
+    Only a scalepipe statistics file (or an empty file) is ever replaced: a
+    ``stats.path`` naming the job's own config, or any other file, was
+    overwritten without a word.
+    """
+    file = Path(os.fspath(path)).expanduser()
+    try:
+        with open(file, "rb") as f:
+            head = f.read(4096)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        return f"{str(path)!r} cannot be read to check what it is ({exc.strerror})"
+    if not head or _ARTIFACT_START.match(head):
+        return None
+    return (
+        f"{str(path)!r} is a file that is not scalepipe statistics; it is never replaced: "
+        "remove it or name another statistics file"
+    )
 
 
 def read_artifact(path: str | os.PathLike[str]) -> dict[str, Any]:

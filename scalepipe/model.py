@@ -602,6 +602,9 @@ class Model:
         arrays, loaded with ``allow_pickle=False``), named by its content
         hash, which the JSON records and :func:`load` verifies.
         """
+        problem = artifact.replace_problem(path)
+        if problem is not None:
+            raise ArtifactError(problem)
         doc = self.to_document()
         arrays: dict[str, np.ndarray] = {}
         if self.groups is not None and (

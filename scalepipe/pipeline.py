@@ -293,7 +293,14 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
     if writes_output and cfg.output is None:
         raise ConfigError("output: required to write scaled data (add output.format and output.path)")
     if os.path.isdir(os.path.expanduser(cfg.stats.path)):
-        raise ConfigError(f"stats.path: {cfg.stats.path!r} is a folder; name the statistics file, e.g. {os.path.join(cfg.stats.path, 'stats.json')!r}")
+        inside = os.path.join(cfg.stats.path, "stats.json")
+        beside = os.path.join(os.path.dirname(os.path.normpath(cfg.stats.path)), "stats.json")
+        example = beside if cfg.output is not None and _overlaps(cfg.output.path, inside) else inside
+        raise ConfigError(f"stats.path: {cfg.stats.path!r} is a folder; name the statistics file, e.g. {example!r}")
+    from .artifact import replace_problem
+
+    if (problem := replace_problem(cfg.stats.path)) is not None:
+        raise ConfigError(f"stats.path: {problem}")
     placed = [("input.path", cfg.input.path)]
     if writes_output:
         assert cfg.output is not None
@@ -303,12 +310,18 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
         placed.append(("output.path", cfg.output.path))
     _check_writable("stats.path", cfg.stats.path)
     for key, other in placed:
-        try:
-            io.check_paths(other, cfg.stats.path)
-        except OutputError:
-            raise ConfigError(
-                f"stats.path: {cfg.stats.path!r} overlaps {key} {other!r}; write the statistics outside it"
-            ) from None
+        if _overlaps(other, cfg.stats.path):
+            raise ConfigError(f"stats.path: {cfg.stats.path!r} overlaps {key} {other!r}; write the statistics outside it")
+
+
+def _overlaps(folder: str, path: str) -> bool:
+    from . import io
+
+    try:
+        io.check_paths(folder, path)
+    except OutputError:
+        return True
+    return False
 
 
 def _check_writable(key: str, path: str) -> None:

@@ -43,6 +43,20 @@ def test_round_trip_bit_identical(saved, tmp_path):
     assert (tmp_path / "again.json").read_text() == path.read_text()
 
 
+def test_save_replaces_statistics_and_nothing_else(saved, tmp_path):
+    """Saving over any file replaced it (a job's own config, named as its stats.path, was lost)."""
+    model, path = saved
+    model.save(path)  # statistics: replaced
+    (tmp_path / "empty.json").write_text("")
+    model.save(tmp_path / "empty.json")
+    assert sp.load(tmp_path / "empty.json").moments.identical(model.moments)
+    for name, text in (("job.yaml", "version: 1\n"), ("other.json", '{"format": "other"}'), ("notes.txt", "keep me")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ArtifactError, match=rf"'{re.escape(str(tmp_path / name))}' is a file that is not scalepipe statistics"):
+            model.save(tmp_path / name)
+        assert (tmp_path / name).read_text() == text
+
+
 def test_is_plain_json_with_header(saved):
     _, path = saved
     doc = json.loads(path.read_text())

@@ -162,6 +162,25 @@ def test_csv_to_csv_copies_unscaled_columns_as_written(tmp_path, client, scope):
         assert [float(r[2]) for r in rows[1:]] == ([0.0, 0.5, 1.0] if scope == "global" else [0.0] * 3)
 
 
+def test_stats_path_never_replaces_a_file_that_is_not_statistics(tmp_path):
+    """``stats.path`` naming the job's own config replaced it with the statistics (exit 0); refused before any work."""
+    config = tmp_path / "job.yaml"
+    text = (
+        f"version: 1\ninput: {{format: csv, path: {tmp_path / 'in.csv'}}}\nstats: {{path: {config}}}\n"
+        "scalers: [{method: minmax, columns: [x]}]\nreport: false\n"
+    )
+    config.write_text(text)
+    (tmp_path / "in.csv").write_text("x\n1\n2\n")
+    with pytest.raises(ConfigError, match=r"^stats\.path: '.*job\.yaml' is a file that is not scalepipe statistics"):
+        run_job(load_config(config), "fit", scheduler="tcp://127.0.0.1:9")  # refused before connecting
+    assert config.read_text() == text
+    # a folder: the hint named a file inside the output folder, itself refused as overlapping the output
+    (tmp_path / "out").mkdir()
+    folder = load_config(config, [f"stats.path={tmp_path / 'out'}", "output.format=csv", f"output.path={tmp_path / 'out'}"])
+    with pytest.raises(ConfigError, match=rf"is a folder; name the statistics file, e\.g\. '{re.escape(str(tmp_path / 'stats.json'))}'"):
+        run_job(folder, "fit", scheduler="tcp://127.0.0.1:9")
+
+
 def test_a_failed_job_removes_the_folders_it_made(tmp_path, client):
     """The statistics' and the output's folders, created for them, were left
     behind empty when the job failed in its write pass."""
