@@ -129,8 +129,8 @@ def replace_problem(path: str | os.PathLike[str]) -> str | None:
     try:
         with open(file, "rb") as f:
             head = f.read(4096)
-    except (FileNotFoundError, IsADirectoryError):
-        return None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None  # nothing there to lose (a path that cannot be written is refused for that)
     except OSError as exc:
         return f"{str(path)!r} cannot be read to check what it is ({exc.strerror})"
     if not head or _ARTIFACT_START.match(head):

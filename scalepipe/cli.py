@@ -86,9 +86,14 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _silence_dask_logs()
         signal.signal(signal.SIGTERM, _interrupt)  # from the start: a job stopped while it loads exits 130 too
         try:
-            return func(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; an unfinished output or statistics file is never put in place", err=True)
+            result = func(*args, **kwargs)
+            # done: a signal while the process exits no longer kills it (it exited 143 for a SIGTERM right after the job)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return result
+        except KeyboardInterrupt as err:
+            message = str(err) or "interrupted; an unfinished output or statistics file is never put in place"
+            click.echo(f"error: {message}", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:  # the reader of our output left (`scalepipe inspect ... | head`)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit

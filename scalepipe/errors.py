@@ -59,3 +59,7 @@ class OutputError(ScalepipeError, OSError):
 
 class ClusterError(ScalepipeError, RuntimeError):
     """The Dask cluster cannot be started, reached, or was lost mid-run."""
+
+
+class InterruptedAfterCommit(KeyboardInterrupt):
+    """An interrupt (Ctrl-C, SIGTERM) once the job's results were complete and in place; the message says which."""

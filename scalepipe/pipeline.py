@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from .codecs import describe
 from .config import TABLE_FORMATS, Config, config_hash
-from .errors import ColumnError, ConfigError, DataError, OutputError
+from .errors import ColumnError, ConfigError, DataError, InterruptedAfterCommit, OutputError
 from .groups import key_family
 from .model import Model, fit, load, resolve_columns
 from .stats import NonFiniteError
@@ -143,10 +143,10 @@ def run_job(
     _ensure_demo_input(cfg, echo)
     previous = load(cfg.stats.path) if mode == "transform" or update else None
     source = _open_input(cfg, _text_key(cfg.input.format, previous, cfg.stats.key))
-    if update:
-        _check_update_settings(cfg, previous)
     if previous is not None:
-        _check_reduce_dims(cfg, previous, "fit --update" if update else "transform")
+        command = "fit --update" if update else "transform"
+        _check_kept_settings(cfg, previous, command)
+        _check_reduce_dims(cfg, previous, command)
     with _about_input(cfg.input.path):
         _check_columns(cfg, source, previous)
     if update:
@@ -157,29 +157,27 @@ def run_job(
     )
     histograms = None
     made = [os.path.dirname(os.path.abspath(os.path.expanduser(p))) for p in (cfg.stats.path, cfg.output and cfg.output.path) if p]
-    with _folders_removed_on_failure(made), cluster, performance_report(profile), _naming_the_file(source), _about_input(cfg.input.path):
-        if mode == "transform" and previous is not None:
-            model = previous
-        else:
-            model = _fit(cfg, source, previous, echo)
-        if mode == "fit":
-            _save(model, cfg.stats.path, cfg.stats.path)
-        else:
-            published = model if mode == "run" else None
-            with _artifact_published_after(published, cfg.stats.path) as publish:
-                echo(f"writing {cfg.output.path}")  # type: ignore[union-attr]
-                manifest, histograms = _transform_and_write(cfg, model, source, mode, echo, publish)
-    if mode != "transform" and cfg.report:
-        from .report import write_run_report
+    done: list[str] = []  # the results in place, for the message of a later interrupt
+    with _interrupt_after(done), _folders_removed_on_failure(made):
+        with cluster, performance_report(profile), _naming_the_file(source), _about_input(cfg.input.path):
+            if mode == "transform" and previous is not None:
+                model = previous
+            else:
+                model = _fit(cfg, source, previous, echo)
+            if mode == "fit":
+                _save(model, cfg.stats.path, cfg.stats.path)
+                done.append(f"statistics -> {cfg.stats.path}")
+            else:
+                published = model if mode == "run" else None
+                with _artifact_published_after(published, cfg.stats.path) as publish:
 
-        done = f"statistics -> {cfg.stats.path}" + (f", output -> {cfg.output.path}" if mode == "run" else "")  # type: ignore[union-attr]
-        try:
-            echo(f"report -> {write_run_report(model, histograms, cfg.stats.path)}")
-        except Exception as err:  # the job's results are complete and in place; say so
-            raise OutputError(
-                f"the report could not be written ({type(err).__name__}: {err}); the job's results are complete: {done} "
-                "(rebuild the report with `scalepipe report`)"
-            ) from err
+                    def committed() -> None:
+                        publish()
+                        done.extend([f"statistics -> {cfg.stats.path}"] * (published is not None) + [f"output -> {cfg.output.path}"])  # type: ignore[union-attr]
+
+                    echo(f"writing {cfg.output.path}")  # type: ignore[union-attr]
+                    manifest, histograms = _transform_and_write(cfg, model, source, mode, echo, committed)
+        _finish_report(cfg, mode, model, histograms, echo, done)
     return JobResult(
         model=model,
         stats_path=None if mode == "transform" else cfg.stats.path,
@@ -187,6 +185,34 @@ def run_job(
         rows_written=manifest.rows if manifest is not None else None,
         seconds=time.perf_counter() - start,
     )
+
+
+@contextlib.contextmanager
+def _interrupt_after(done: list[str]) -> Iterator[None]:
+    """An interrupt once results are in place (``done`` names them) says they are complete (:class:`InterruptedAfterCommit`)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not done:
+            raise
+        raise InterruptedAfterCommit(
+            f"interrupted after the job's results were complete and in place ({', '.join(done)}); what came after "
+            "them (closing the cluster, the report) may be unfinished"
+        ) from None
+
+
+def _finish_report(cfg: Config, mode: str, model: Model, histograms: Any, echo: Callable[[str], None], done: list[str]) -> None:
+    """Write the run report (``fit`` and ``run``, unless ``report: false``); ``done``: the results in place."""
+    if mode != "transform" and cfg.report:
+        from .report import write_run_report
+
+        try:
+            echo(f"report -> {write_run_report(model, histograms, cfg.stats.path)}")
+        except Exception as err:  # the job's results are complete and in place; say so
+            raise OutputError(
+                f"the report could not be written ({type(err).__name__}: {err}); the job's results are complete: {', '.join(done)} "
+                "(rebuild the report with `scalepipe report`)"
+            ) from err
 
 
 def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
@@ -237,8 +263,18 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
     return lines, warnings
 
 
-def _check_update_settings(cfg: Config, previous: Model) -> None:
-    """``fit --update`` keeps the artifact's scope (with its batches and inference statistics) and exactness: a config that sets others is refused."""
+def _check_kept_settings(cfg: Config, previous: Model, command: str) -> None:
+    """``transform`` and ``fit --update`` keep the artifact's rules, scope (with its batches and inference statistics) and exactness.
+
+    A config that sets others is refused: ``transform`` wrote data scaled by
+    the artifact's rules while the config named others, without a word.
+    """
+    if cfg.scaler_objects() != list(previous.scalers):
+        fitted = "; ".join(map(repr, previous.scalers))
+        raise ConfigError(
+            f"scalers: the config's rules are not those the statistics at stats.path were fitted with ({fitted}); "
+            f"{command} applies the statistics' rules: restore them in the config, or fit anew with these"
+        )
     scope = previous.scope
     kept = {
         "scope": scope.kind,
@@ -252,7 +288,7 @@ def _check_update_settings(cfg: Config, previous: Model) -> None:
         if name in cfg.stats.model_fields_set and getattr(cfg.stats, name) != value:
             raise ConfigError(
                 f"stats.{name}: {getattr(cfg.stats, name)!r}, but the statistics at stats.path were fitted with "
-                f"{name} {value!r}, which fit --update keeps; remove stats.{name} or fit anew"
+                f"{name} {value!r}, which {command} keeps; remove stats.{name} or fit anew"
             )
 
 

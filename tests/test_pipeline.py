@@ -92,6 +92,44 @@ def csv_input(tmp_path_factory):
     return folder, df
 
 
+@pytest.mark.parametrize("at", ["writing", "report ->"])
+def test_an_interrupt_says_whether_the_results_are_in_place(tmp_path, client, csv_input, at):
+    """An interrupt after the output and statistics were committed (while the
+    report was drawn) said "an unfinished output or statistics file is never
+    put in place", as if nothing had been written; before the commit it still does."""
+    folder, df = csv_input
+    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}")
+
+    def echo(line: str) -> None:
+        if line.startswith(at):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run_job(cfg, "run", scheduler=client.scheduler.address, echo=echo)
+    if at == "writing":
+        assert str(caught.value) == "" and not (tmp_path / "out").exists() and not (tmp_path / "stats.json").exists()
+    else:
+        assert str(caught.value) == (
+            f"interrupted after the job's results were complete and in place (statistics -> {tmp_path / 'stats.json'}, "
+            f"output -> {tmp_path / 'out'}); what came after them (closing the cluster, the report) may be unfinished"
+        )
+        assert io.verify_output(str(tmp_path / "out")).rows == len(df)
+
+
+def test_transform_refuses_rules_other_than_the_statistics(tmp_path, client, csv_input):
+    """transform applied the artifact's rules and ignored the config's changed
+    scalers (and another stats.scope) without a word."""
+    folder, _ = csv_input
+    run_job(job("csv_example.yaml", tmp_path, f"input.path={folder}", out=None), "fit", scheduler=client.scheduler.address)
+    changed = job("csv_example.yaml", tmp_path, f"input.path={folder}", "scalers.0.ddof=1")
+    with pytest.raises(ConfigError, match=r"^scalers: the config's rules are not those the statistics at stats\.path were fitted with \(ZScore"):
+        run_job(changed, "transform", scheduler="tcp://127.0.0.1:9")
+    scope = job("csv_example.yaml", tmp_path, f"input.path={folder}", "stats.scope=partition")
+    with pytest.raises(ConfigError, match=r"^stats\.scope: 'partition', but .* fitted with scope 'global', which transform keeps"):
+        run_job(scope, "transform", scheduler="tcp://127.0.0.1:9")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_report_that_cannot_be_written_says_the_results_are_complete(tmp_path, client, csv_input):
     """The report comes after the output and the statistics are committed:
     its failure is an error that says they are complete and where they are."""
@@ -319,8 +357,9 @@ def test_array_example_round_trip(tmp_path, client, fmt):
 def test_another_reduce_dims_than_the_statistics_is_refused(tmp_path, update):
     """transform and fit --update took the artifact's reduce_dims and ignored the config's silently."""
     era5().chunk({"time": 8}).to_zarr(tmp_path / "in.zarr")
-    sp.fit(io.read_array(str(tmp_path / "in.zarr"), "zarr", ["t2m"]), reduce_dims=["time", "lat", "lon"]).save(tmp_path / "stats.json")
     cfg = job("zarr_example.yaml", tmp_path, "input.reduce_dims=[time]", inp="in.zarr", out="out.zarr")
+    data = io.read_array(str(tmp_path / "in.zarr"), "zarr", ["t2m", "u"])
+    sp.fit(data, cfg.scaler_objects(), reduce_dims=["time", "lat", "lon"]).save(tmp_path / "stats.json")
     command = "fit --update" if update else "transform"
     with pytest.raises(ConfigError, match=rf"^input.reduce_dims: \['time'\], but .* fitted over \['time', 'lat', 'lon'\]; {command} takes"):
         run_job(cfg, "fit" if update else "transform", update=update, scheduler="tcp://127.0.0.1:9")
@@ -448,7 +487,7 @@ def test_fit_refuses_statistics_inside_the_output(tmp_path, csv_input):
 def test_transform_checks_the_artifact_columns_before_any_work(tmp_path, csv_input):
     folder, df = csv_input
     sp.fit(df.drop(columns=["customer_id", "segment"]).assign(extra=1.0)).save(tmp_path / "stats.json")
-    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}")
+    cfg = job("csv_example.yaml", tmp_path, f"input.path={folder}", "scalers=[{method: zscore}]")  # the artifact's rules
     with pytest.raises(ColumnError, match=f"^input.path '{folder}': column\\(s\\) 'extra' were fitted but are not in the data"):
         run_job(cfg, "transform", scheduler="tcp://127.0.0.1:9")
     assert not (tmp_path / "out").exists()
