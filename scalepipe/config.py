@@ -291,6 +291,12 @@ class StatsConfig(BaseModel):
             raise _unused("batch_rows", self.batch_rows, "scope: partition", f"scope is {self.scope!r}")
         if self.scope != "global" and self.exact:
             raise _unused("exact", self.exact, "scope: global", f"scope is {self.scope!r}")
+        if self.batch_rows is not None and self.batch_rows < self.min_batch_rows:
+            raise _FieldError(
+                ("batch_rows",),
+                f"{self.batch_rows} is below min_batch_rows ({self.min_batch_rows}): every batch would be refused; "
+                "raise batch_rows or lower min_batch_rows",
+            )
         for name in ("min_batch_rows", "inference_stats"):  # set to other than the default (a dumped config has them all)
             if self.scope != "partition" and getattr(self, name) != type(self).model_fields[name].default:
                 raise _unused(name, getattr(self, name), "scope: partition", f"scope is {self.scope!r}")

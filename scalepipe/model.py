@@ -104,6 +104,10 @@ class Scope:
             raise ParameterError("key", f"is only used with scope 'key' (scope is {self.kind!r}), got {self.key!r}")
         if self.kind != "partition" and self.batch_rows is not None:
             raise ParameterError("batch_rows", f"is only used with scope 'partition' (scope is {self.kind!r}), got {self.batch_rows!r}")
+        if self.batch_rows is not None and self.batch_rows < self.min_batch_rows:
+            raise ParameterError(
+                "batch_rows", f"{self.batch_rows} is below min_batch_rows ({self.min_batch_rows}): every batch would be refused"
+            )
         if self.kind != "partition" and self.inference_stats != "running":
             raise ParameterError(
                 "inference_stats", f"is only used with scope 'partition' (scope is {self.kind!r}), got {self.inference_stats!r}"

@@ -240,15 +240,16 @@ def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
     warnings = []
     if writes_output and (problem := _existing_output_problem(cfg)):
         warnings.append(problem)
-    if cfg.input.demo is not None and not os.path.exists(cfg.input.path):
-        return [f"input: {cfg.input.path} does not exist yet; demo data will be written there"], warnings
-    source = _open_input(cfg, _text_key(cfg.input.format, None, cfg.stats.key))
+    demo = cfg.input.demo is not None and not os.path.exists(cfg.input.path)
+    source = _demo_input(cfg) if demo else _open_input(cfg, _text_key(cfg.input.format, None, cfg.stats.key))
     view = _schema_view(cfg, source, None)
     scalers = cfg.scaler_objects()
     features, passthrough = resolve_columns(view, scalers, exclude=_key_columns(cfg))
     _check_batches(cfg, view, features)
     if source.schema is None:  # an array store: its files are chunks, its features cells of its variables
         lines = [f"input: {cfg.input.format}, {len(source.data.data_vars)} variable(s), {len(view.names)} feature(s)"]
+    elif demo:
+        lines = [f"input: {cfg.input.path} does not exist yet; demo data will be written there ({len(view.names)} column(s))"]
     else:
         lines = [f"input: {len(source.files)} file(s), {len(view.names)} column(s)"]
     if cfg.output is not None:
@@ -500,6 +501,16 @@ def _open_input(cfg: Config, text: list[str]) -> _Input:
         return _Input(frame, table.paths, table.files, {c: str(t) for c, t in frame.dtypes.items()})
     ds = io.read_array(cfg.input.path, cfg.input.format, cfg.input.variables)  # type: ignore[arg-type]
     return _Input(ds, _array_files(cfg.input.path), None, None)
+
+
+def _demo_input(cfg: Config) -> _Input:
+    """The demo table ``input.demo`` would write, as an input of no files: what ``validate`` checks the rules against."""
+    import dask.dataframe as dd
+
+    from .demo import demo_frame
+
+    frame = dd.from_pandas(demo_frame(2), npartitions=1)
+    return _Input(frame, [], [], {c: str(t) for c, t in frame.dtypes.items()})
 
 
 def _key_as_text(frame: Any, key: Any) -> Any:

@@ -402,6 +402,13 @@ BAD = [
         "only used with scope: partition (scope is 'global'), got 5",
     ),
     (
+        "batch-rows-below-min-batch-rows",
+        MINIMAL + "stats:\n  scope: partition\n  batch_rows: 1\n",
+        "stats.batch_rows",
+        "batch_rows",
+        "1 is below min_batch_rows (2): every batch would be refused",
+    ),
+    (
         "batch-rows-zero",
         MINIMAL + "stats:\n  scope: partition\n  batch_rows: 0\n",
         "stats.batch_rows",

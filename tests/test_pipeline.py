@@ -417,6 +417,19 @@ def test_scopes_an_array_input_cannot_take_fail_before_any_work(tmp_path):
 # --------------------------------------------------------------------------
 
 
+def test_validate_checks_the_rules_against_the_demo_table_before_it_is_written(tmp_path):
+    """With the demo input not yet written, validate said ok without checking
+    the rules (a misspelt column failed the run after the demo data was written)."""
+    overrides = [f"input.path={tmp_path / 'demo'}", f"stats.path={tmp_path / 'stats.json'}", f"output.path={tmp_path / 'out'}"]
+    lines, _ = validate_job(load_config(CONFIGS / "quickstart.yaml", overrides))
+    assert lines[0] == f"input: {tmp_path / 'demo'} does not exist yet; demo data will be written there (7 column(s))"
+    assert "scalers[0] zscore: temperature, pressure" in lines
+    typo = load_config(CONFIGS / "quickstart.yaml", [*overrides, "scalers.0.columns=[temprature]"])
+    with pytest.raises(ColumnError, match=r"temprature"):
+        validate_job(typo)
+    assert not (tmp_path / "demo").exists()
+
+
 def test_validate_job_lists_rules_and_warns_about_an_existing_output(tmp_path, csv_input):
     folder, _ = csv_input
     (tmp_path / "out").mkdir()

@@ -488,6 +488,8 @@ def test_keys_of_several_types_are_refused():
 
 
 def test_inference_stats_belongs_to_the_partition_scope():
+    with pytest.raises(ParameterError, match=r"batch_rows: 1 is below min_batch_rows \(2\): every batch would be refused"):
+        sp.fit(pd.DataFrame({"x": [0.0, 1.0, 2.0]}), [sp.MinMax(["x"])], scope="partition", batch_rows=1)
     with pytest.raises(ParameterError, match=r"inference_stats: is only used with scope 'partition' \(scope is 'key'\)"):
         sp.fit(pd.DataFrame({"k": [1, 2], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k", inference_stats="global")
 
