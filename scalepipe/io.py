@@ -70,7 +70,7 @@ from fsspec.utils import read_block
 
 from scalepipe.artifact import fsync_dir, write_bytes_atomic, write_text_atomic
 from scalepipe.codecs import compression_problem
-from scalepipe.errors import ColumnError, InputError, OutputError, ScalepipeError
+from scalepipe.errors import ColumnError, ConfigError, InputError, OutputError, ScalepipeError
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
@@ -344,6 +344,32 @@ def read_table(
     raise InputError(f"table format {format!r} is not supported; use 'parquet' or 'csv'")
 
 
+def _positive_setting(name: str, default: Any, parse: Callable[[Any], int], what: str) -> int:
+    """The Dask config setting ``name`` (or its ``DASK_...`` variable), parsed to a positive integer.
+
+    Raises
+    ------
+    ConfigError
+        Naming the setting (a bad value failed as dask's "Could not interpret
+        'banana' as a byte unit", or as an error about a healthy input file).
+    """
+    value = dask.config.get(name, default)
+    try:
+        parsed = parse(value)
+    except (ValueError, TypeError, KeyError):
+        parsed = 0
+    if parsed < 1:
+        variable = "DASK_" + name.upper().replace(".", "__").replace("-", "_")
+        raise ConfigError(f"setting {name} ({variable}): {value!r} is not {what}")
+    return parsed
+
+
+def _whole_number(value: Any) -> int:
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
+        raise ValueError(value)
+    return int(value)
+
+
 def _selected(available: Sequence[str], columns: Sequence[str] | None, where: str) -> list[str]:
     if columns is None:
         return list(available)
@@ -574,7 +600,7 @@ def _read_parquet(path: str, columns: Sequence[str] | None, verbatim: frozenset[
     nullable = {c for c in widened if any(_may_hold_nulls(ft, c) for ft in footers)}
     meta = _parquet_meta(first, selected, nullable, verbatim)
 
-    target = parse_bytes(dask.config.get("scalepipe.io.parquet-partition-size", "128MiB"))
+    target = _positive_setting("scalepipe.io.parquet-partition-size", "128MiB", parse_bytes, "a size like '128MiB'")
     parts = [
         (file, run)
         for file, footer in zip(files, footers, strict=True)
@@ -844,7 +870,7 @@ def _read_csv(path: str, columns: Sequence[str] | None, text: frozenset[str], ve
                 "all files of a table must share one header"
             )
     selected = _selected(names, columns, f"the CSV input {path!r}")
-    sample_rows = int(dask.config.get("scalepipe.io.csv-sample-rows", 10_000))
+    sample_rows = _positive_setting("scalepipe.io.csv-sample-rows", 10_000, _whole_number, "a whole number of rows like 10000")
     for file in files:  # the dtypes come from the first file with rows (a header-only file has none to tell)
         try:
             sample = pd.read_csv(file, header=None, names=names, skiprows=1, nrows=sample_rows, usecols=selected, index_col=False)
@@ -858,7 +884,7 @@ def _read_csv(path: str, columns: Sequence[str] | None, text: frozenset[str], ve
         return lambda: pd.read_csv(file, header=None, names=names, skiprows=1, nrows=sample_rows, usecols=[column], index_col=False, dtype=str)[column]
 
     meta = pd.DataFrame({c: pd.Series([], dtype="str" if c in text | verbatim else _csv_dtype(sample[c], tokens(c))) for c in selected})
-    blocksize = parse_bytes(dask.config.get("scalepipe.io.csv-blocksize", "64MiB"))
+    blocksize = _positive_setting("scalepipe.io.csv-blocksize", "64MiB", parse_bytes, "a size like '64MiB'")
     parts = [block for file in files for block in _csv_blocks(file, blocksize)]
     frame = dd.from_map(_read_csv_part, parts, args=(names, meta, verbatim & set(selected)), meta=meta, label="read-csv")
     return TableSource(

@@ -446,6 +446,31 @@ def test_parquet_verbatim_columns_are_the_files_arrow_data(tmp_path, sync):
     assert got["s"].tolist()[::2] == ["a", "c"] and pd.isna(got["s"].iloc[1])
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "what"),
+    [
+        ("scalepipe.io.csv-blocksize", "banana", "a size like '64MiB'"),
+        ("scalepipe.io.csv-sample-rows", -3, "a whole number of rows like 10000"),
+        ("scalepipe.io.csv-sample-rows", "1e3", "a whole number of rows like 10000"),
+        ("scalepipe.io.parquet-partition-size", "0", "a size like '128MiB'"),
+    ],
+)
+def test_a_bad_setting_is_named(tmp_path, setting, value, what):
+    """A bad value failed as dask's "Could not interpret 'banana' as a byte
+    unit", or as "CSV file ... cannot be parsed" about a healthy file."""
+    import dask
+
+    from scalepipe.errors import ConfigError
+
+    (tmp_path / "a.csv").write_text("x\n1\n")
+    pd.DataFrame({"x": [1.0]}).to_parquet(tmp_path / "a.parquet")
+    variable = "DASK_" + setting.upper().replace(".", "__").replace("-", "_")
+    with dask.config.set({setting: value}), pytest.raises(ConfigError, match=rf"^setting {setting} \({variable}\): {re.escape(repr(value))} is not {re.escape(what)}$"):
+        read_table(str(tmp_path / ("a.parquet" if "parquet" in setting else "a.csv")), "parquet" if "parquet" in setting else "csv")
+    with dask.config.set({setting: 2 if "rows" in setting else "1MiB"}):
+        assert read_table(str(tmp_path / "a.csv"), "csv").frame.compute()["x"].tolist() == [1.0]
+
+
 def test_a_parquet_file_naming_a_column_twice_is_an_error(tmp_path):
     """It failed with a raw "AttributeError: 'DataFrame' object has no attribute 'dtype'"."""
     (tmp_path / "in").mkdir()
