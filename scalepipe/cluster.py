@@ -39,6 +39,9 @@ Runtime knobs (``dask.config``, read at call time):
 ``scalepipe.cluster.connect-timeout`` (default ``"10s"``)
     How long to wait for a scheduler to accept the connection; a scheduler
     still starting is retried until then.
+``scalepipe.cluster.worker-timeout`` (default ``"10min"``)
+    How long to wait for a first worker to join a running scheduler that has
+    none (compose's workers still starting); the job says it waits.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from .errors import ClusterError
 __all__ = ["explain_killed_worker", "open_cluster"]
 
 DEFAULT_CONNECT_TIMEOUT = "10s"
+DEFAULT_WORKER_TIMEOUT = "10min"
 
 #: The packages whose versions must match between the client and the workers:
 #: the tasks are scalepipe functions, pickled by reference, run by dask/distributed.
@@ -208,7 +212,7 @@ def _connect(address: str, cfg: ClusterConfig) -> Any:
             f"cluster.security: TLS certificates are set (require_encryption), but the scheduler address {address} "
             "is tcp://, which is not encrypted: use its tls:// address, or remove cluster.security"
         )
-    timeout = _connect_timeout()
+    timeout = _duration_setting("scalepipe.cluster.connect-timeout", DEFAULT_CONNECT_TIMEOUT)
     try:
         return _within(_seconds(timeout) + 5, lambda: Client(address, security=security, timeout=timeout, set_as_default=True))
     except _NoAnswer:
@@ -226,16 +230,35 @@ def _connect(address: str, cfg: ClusterConfig) -> Any:
         raise ClusterError(f"cannot connect to the scheduler {address} (timeout {timeout}): {_one_line(err)}{hint}") from err
 
 
-def _connect_timeout() -> str:
-    """``scalepipe.cluster.connect-timeout``, checked to be a duration."""
-    value = dask.config.get("scalepipe.cluster.connect-timeout", DEFAULT_CONNECT_TIMEOUT)
+def _duration_setting(name: str, default: str) -> str:
+    """The duration setting ``name`` (``scalepipe.cluster.connect-timeout``, ...), checked to be one."""
+    value = dask.config.get(name, default)
     try:
         seconds = _seconds(value)
     except (KeyError, ValueError, TypeError):
         seconds = -1.0
     if not seconds > 0:
-        raise ClusterError(f"scalepipe.cluster.connect-timeout: {value!r} is not a positive duration like '10s' or '2min'")
+        raise ClusterError(f"{name}: {value!r} is not a positive duration like '10s' or '2min'")
     return str(value)
+
+
+def _await_workers(client: Any, address: str, echo: Callable[[str], None]) -> None:
+    """Wait for a first worker to join the scheduler at ``address``, saying so; a :class:`ClusterError` after the timeout.
+
+    With none, the job waited forever without a word (compose starts the job
+    while its workers are still connecting).
+    """
+    if client.scheduler_info(n_workers=1).get("workers"):
+        return
+    timeout = _duration_setting("scalepipe.cluster.worker-timeout", DEFAULT_WORKER_TIMEOUT)
+    echo(f"waiting for a worker to join the scheduler {address} (none yet; at most {timeout}, scalepipe.cluster.worker-timeout)")
+    try:
+        client.wait_for_workers(1, timeout=_seconds(timeout))
+    except TimeoutError:
+        raise ClusterError(
+            f"no worker joined the scheduler {address} within {timeout} (scalepipe.cluster.worker-timeout); "
+            f"start workers (`dask worker {address}`) or give them longer"
+        ) from None
 
 
 def _seconds(value: object) -> float:
@@ -597,6 +620,8 @@ def open_cluster(
     where = address or client.scheduler.address
     try:
         try:
+            if address:
+                _await_workers(client, address, echo)
             _check_workers(client, input_path)
         except (OSError, TimeoutError) as err:
             lost = client.status != "running"

@@ -410,6 +410,24 @@ def test_an_address_that_is_no_dask_scheduler_fails_within_the_connect_timeout()
         assert time.monotonic() - start < 20
 
 
+def test_a_scheduler_without_workers_is_waited_for_then_refused():
+    """With no worker joined, the job waited forever without a word."""
+    import dask
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:
+        said: list[str] = []
+        address = cluster.scheduler_address
+        with dask.config.set({"scalepipe.cluster.worker-timeout": "1s"}):
+            with pytest.raises(ClusterError, match=rf"^no worker joined the scheduler {address} within 1s \(scalepipe\.cluster\.worker-timeout\)"):
+                with open_cluster(ClusterConfig(), scheduler=address, echo=said.append):
+                    pytest.fail("the block must not run")
+        assert said == [f"waiting for a worker to join the scheduler {address} (none yet; at most 1s, scalepipe.cluster.worker-timeout)"]
+        cluster.scale(1)
+        with open_cluster(ClusterConfig(), scheduler=address, echo=said.append) as client:
+            assert client.submit(sum, [1, 2]).result() == 3
+
+
 @pytest.mark.parametrize("value", ["abc", "-5s", "0s"])
 def test_a_bad_connect_timeout_names_its_setting(value):
     import dask
