@@ -134,7 +134,7 @@ def _check_overrides(ctx: click.Context, param: click.Parameter, values: tuple[s
 def _job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.argument("config", type=click.Path(dir_okay=False)),
+            click.argument("config", type=click.Path()),
             click.option("--scheduler", metavar="ADDRESS", help="Connect to this Dask scheduler (tcp://host:8786)."),
             click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", callback=_check_overrides, help="Override a config value (repeatable)."),
             click.option("--quiet", "-q", is_flag=True, help="No progress output."),
@@ -235,7 +235,7 @@ def transform(config: str, scheduler: str | None, overrides: tuple[str, ...], qu
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path())
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", callback=_check_overrides, help="Override a config value (repeatable).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
@@ -259,7 +259,7 @@ def _fmt(value: Any) -> str:
 
 
 @main.command()
-@click.argument("stats", type=click.Path(dir_okay=False))
+@click.argument("stats", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
@@ -303,7 +303,7 @@ def _check_target(option: str, target: str, stats: str, suffixes: tuple[str, ...
 
 
 @main.command()
-@click.argument("stats", type=click.Path(dir_okay=False))
+@click.argument("stats", type=click.Path())
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write the HTML (default: beside STATS).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @_handle_errors
@@ -320,7 +320,7 @@ def report(stats: str, output: str | None) -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False), required=False)
+@click.argument("config", type=click.Path(), required=False)
 @click.option("--stats", "stats_path", type=click.Path(dir_okay=False), help="Statistics file (default: the config's stats.path).")
 @click.option("--input", "input_path", help="New data (default: the config's input.path).")
 @click.option("--format", "input_format", type=click.Choice(["parquet", "csv"]), help="Format of --input (default: the CONFIG's input.format, else parquet).")

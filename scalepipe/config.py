@@ -651,7 +651,12 @@ def _parsed_override(override: str, source: str) -> tuple[list[str], Any]:
         keys, raw = split_override(override)
     except ValueError as exc:
         raise _FieldError((), str(exc)) from None
-    value, _ = _load_yaml(raw, f"{source}: --set {override!r}")
+    try:
+        value, _ = _load_yaml(raw, f"{source}: --set {override!r}")
+    except ConfigError as err:
+        if raw.strip()[:1] in tuple("*&@`%|>"):  # a glob, say, which YAML reads as an alias
+            raise ConfigError(f"{err} (the value is read as YAML: quote it, --set '{'.'.join(keys)}=\"{raw.strip()}\"')") from None
+        raise
     return keys, value
 
 

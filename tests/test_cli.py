@@ -368,6 +368,14 @@ def test_bad_job_fails_with_one_line_and_leaves_nothing(bad_runs, case):
         assert not output.exists()
 
 
+@pytest.mark.parametrize("args", [("run", "adir"), ("validate", "adir"), ("inspect", "adir"), ("drift", "adir")])
+def test_a_folder_given_as_the_file_is_an_error_as_a_missing_file_is(tmp_path, args):
+    """A folder was a usage error (exit 2), a missing file an error (exit 1)."""
+    (tmp_path / "adir").mkdir()
+    assert error_line(scalepipe(*args, cwd=tmp_path)).startswith("error: adir: cannot read")
+    assert error_line(scalepipe(args[0], "missing", cwd=tmp_path)).startswith("error: missing")
+
+
 def test_bad_config_error_names_the_line(bad_runs):
     line = error_line(bad_runs["unknown_key"][0])
     assert line.startswith("error: bad.yaml: input.colums:") and line.endswith("(line 9)")

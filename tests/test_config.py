@@ -698,6 +698,8 @@ def test_override_with_null_and_flow_mapping() -> None:
         ("scalers.0.method.name=zscore", "scalers[0].method: is 'zscore', not a mapping or a list, so it has no 'name'"),
         ("scalers.0.feature_range=[1,", "invalid YAML: "),
         ("version=!!python/object/apply:os.getcwd []", "invalid YAML: could not determine a constructor"),
+        ("scalers.0.columns=*", "invalid YAML: while scanning an alias"),
+        ("scalers.0.columns=*", "(the value is read as YAML: quote it, --set 'scalers.0.columns=\"*\"')"),
     ],
 )
 def test_bad_override_names_the_override(override: str, detail: str) -> None:
