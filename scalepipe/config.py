@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from .codecs import ParquetCodec, compression_problem
@@ -414,6 +414,24 @@ def _parameter_checks(cls: type[Scaler]) -> dict[str, TypeAdapter[Any] | None]:
 ScalerRule = Annotated[dict[str, Any], AfterValidator(_checked_rule)]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Source:
+    """Where a config's keys were set: their lines in the file, and the ``--set`` overrides.
+
+    Not part of what the config says: every two are equal, so configs read
+    from differently laid out files compare by their values.
+    """
+
+    lines: Mapping[KeyPath, int]
+    origins: Mapping[KeyPath, str]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Source)
+
+    def __hash__(self) -> int:
+        return 0
+
+
 class Config(BaseModel):
     """A validated job config; build it with :func:`load_config` or :func:`parse_config`.
 
@@ -433,12 +451,23 @@ class Config(BaseModel):
     model_config = _SECTION
 
     version: int
+    _source: _Source = PrivateAttr(default_factory=lambda: _Source({}, {}))
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     input: InputConfig
     stats: StatsConfig = Field(default_factory=StatsConfig)
     scalers: Annotated[list[ScalerRule], Field(min_length=1)]
     output: OutputConfig | None = None
     report: bool = True
+
+    def whereabouts(self, key: str) -> str:
+        """Where the config sets ``key`` (``stats.key``, ``scalers[0].columns``), to end an error message with.
+
+        `` (line N)`` (of the key, or of its section where the file leaves
+        the key out), `` (from --set '...')``, or ``""`` (a config not read
+        from YAML).
+        """
+        path = tuple(int(part) if part.isdigit() else part for part in re.findall(r"[^.\[\]]+", key))
+        return _whereabouts(path, self._source.lines, self._source.origins)[1]
 
     @field_validator("version")
     @classmethod
@@ -519,9 +548,11 @@ def parse_config(text: str, source: str = "<string>", overrides: Sequence[str] =
         raise ConfigError(f"{source}: the top level must be a mapping of config keys ({keys}), got {got}")
     origins = _apply_overrides(data, overrides, source, lines)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_first_problem(exc, source, lines, origins)) from None
+    cfg._source = _Source(lines, origins)
+    return cfg
 
 
 def config_hash(cfg: Config) -> str:

@@ -12,15 +12,17 @@ failed run leaves neither a partial dataset nor an artifact from that run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .codecs import describe
 from .config import TABLE_FORMATS, Config, config_hash
@@ -87,6 +89,36 @@ def _quiet(_: str) -> None:
     """The default ``echo``: say nothing."""
 
 
+T = TypeVar("T")
+
+#: An error message that starts with a config key (``stats.key: ...``, ``scalers[0].columns: ...``).
+_CONFIG_KEY = re.compile(r"^((?:cluster|input|stats|scalers|output|report)(?:\[\d+\]|\.\w+)*): ")
+
+
+def _locating_config_keys(job: Callable[..., T]) -> Callable[..., T]:
+    """``job(cfg, ...)``, whose errors naming a config key also say where the config sets it.
+
+    Checks made after the config was read (a key column missing from the
+    input, an artifact's settings) named the key but not its line or the
+    ``--set`` it came from, as the config's own errors do.
+    """
+
+    @functools.wraps(job)
+    def located(cfg: Config, *args: Any, **kwargs: Any) -> T:
+        try:
+            return job(cfg, *args, **kwargs)
+        except (ConfigError, ColumnError) as err:
+            message = str(err)
+            key = _CONFIG_KEY.match(message)
+            where = cfg.whereabouts(key.group(1)) if key and "(line " not in message and "(from --set " not in message else ""
+            if not where:
+                raise
+            raise type(err)(message + where).with_traceback(err.__traceback__) from err.__cause__
+
+    return located
+
+
+@_locating_config_keys
 def run_job(
     cfg: Config,
     mode: Mode,
@@ -215,6 +247,7 @@ def _finish_report(cfg: Config, mode: str, model: Model, histograms: Any, echo: 
             ) from err
 
 
+@_locating_config_keys
 def validate_job(cfg: Config) -> tuple[list[str], list[str]]:
     """Check the config and the input's schema without computing anything.
 

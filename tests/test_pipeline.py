@@ -430,6 +430,20 @@ def test_validate_checks_the_rules_against_the_demo_table_before_it_is_written(t
     assert not (tmp_path / "demo").exists()
 
 
+def test_errors_found_after_reading_the_config_say_where_it_sets_the_key(tmp_path):
+    """"stats.key: key column 'nope' is not in the input" gave neither the
+    line nor the --set it came from, as the config's own errors do."""
+    overrides = [f"input.path={tmp_path / 'demo'}", f"stats.path={tmp_path / 'stats.json'}", f"output.path={tmp_path / 'out'}"]
+    cfg = load_config(CONFIGS / "quickstart.yaml", [*overrides, "stats.scope=key", "stats.key=nope"])
+    with pytest.raises(ColumnError, match=r"^stats\.key: key column 'nope' is not in the input .*\(from --set 'stats\.key=nope'\)$"):
+        validate_job(cfg)
+    text = (CONFIGS / "quickstart.yaml").read_text().replace("  scope: global\n", "  scope: key\n  key: nope\n")
+    (tmp_path / "job.yaml").write_text(text)
+    line = text.splitlines().index("  key: nope") + 1
+    with pytest.raises(ColumnError, match=rf"^stats\.key: key column 'nope' is not in the input .*\(line {line}\)$"):
+        validate_job(load_config(tmp_path / "job.yaml", overrides))
+
+
 def test_validate_job_lists_rules_and_warns_about_an_existing_output(tmp_path, csv_input):
     folder, _ = csv_input
     (tmp_path / "out").mkdir()
