@@ -114,6 +114,9 @@ class Scaler(abc.ABC):
             object.__setattr__(self, "columns", tuple(self.columns))
             if not self.columns:
                 raise ParameterError("columns", "an empty list matches nothing; use null for all numeric columns")
+        if self.columns is not None and any(isinstance(c, (bool, np.bool_)) for c in self.columns):
+            # True is 1 to Python: it selected column 1
+            raise ParameterError("columns", f"{list(self.columns)!r} holds a boolean; name the columns (or give their positions)")
         if self.constant_policy not in CONSTANT_POLICIES:
             raise ParameterError(
                 "constant_policy",

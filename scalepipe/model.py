@@ -1074,6 +1074,8 @@ def fit(
         raise ParameterError("exact", f"exact sums are kept for the global scope only, not {scope.kind!r}")
     exact_sums = None
     view = view_of(data, feature_names, reduce_dims)
+    if reduce_dims is not None and view.kind != "xarray":
+        raise ParameterError("reduce_dims", f"applies to xarray data ({view.kind} data is reduced over its rows), got {list(reduce_dims)!r}")
     features, passthrough = resolve_columns(view, rules, exclude=[scope.key] if scope.kind == "key" else ())
     names = [f.name for f in features]
     batches = groups = None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .batches import batch_moments
-from .errors import ColumnError, DataError
+from .errors import ColumnError, DataError, ParameterError
 from .maps import ValueMap, on_threads
 from .stats import Columns, array_moments
 
@@ -457,6 +457,8 @@ def view_of(
                 "the array's number of columns is unknown (NaN); give it known chunk sizes first "
                 "(x.compute_chunk_sizes(), or the shape to da.from_delayed)"
             )
+        if isinstance(feature_names, (str, bytes)):  # "ab" was taken as the names 'a' and 'b'
+            raise ParameterError("feature_names", f"a sequence of names, one per column, not the string {feature_names!r}")
         names = list(feature_names) if feature_names is not None else list(range(n))
         if len(names) != n:
             raise DataError(f"feature_names has {len(names)} names for an array of {n} columns")

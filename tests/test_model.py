@@ -601,3 +601,16 @@ def test_exact_must_be_a_boolean():
     """exact="no" was taken as true."""
     with pytest.raises(ParameterError, match="exact: must be True or False, got 'no'"):
         sp.fit(np.arange(6.0).reshape(3, 2), exact="no")
+
+
+def test_arguments_that_would_be_misread_are_refused():
+    """feature_names="ab" was the two names 'a' and 'b'; MinMax([True])
+    selected column 1 (True == 1); reduce_dims was ignored for a numpy array."""
+    x = np.random.default_rng(0).random((10, 2))
+    with pytest.raises(ParameterError, match=r"^feature_names: a sequence of names, one per column, not the string 'ab'$"):
+        sp.fit(x, feature_names="ab")
+    with pytest.raises(ParameterError, match=r"^columns: \[True\] holds a boolean"):
+        sp.MinMax([True])
+    with pytest.raises(ParameterError, match=r"^reduce_dims: applies to xarray data \(numpy data is reduced over its rows\), got \['time'\]$"):
+        sp.fit(x, reduce_dims=["time"])
+    assert sp.fit(x, [sp.MinMax([1])]).feature_names == [1]  # positions stay positions
