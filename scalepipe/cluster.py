@@ -47,7 +47,9 @@ Runtime knobs (``dask.config``, read at call time):
 from __future__ import annotations
 
 import contextlib
+import difflib
 import glob
+import inspect
 import logging
 import os
 import signal
@@ -59,7 +61,7 @@ from typing import Any
 import dask.config
 
 from .config import ClusterConfig
-from .errors import ClusterError
+from .errors import ClusterError, ConfigError
 
 __all__ = ["explain_killed_worker", "open_cluster"]
 
@@ -135,6 +137,31 @@ def _slurm_options(cfg: ClusterConfig) -> dict[str, Any]:
         scheduler.setdefault("dashboard", False)
     scheduler.setdefault("dashboard_address", cfg.dashboard_address or "127.0.0.1:0")
     return {**options, "scheduler_options": scheduler}
+
+
+def check_jobqueue_options(cfg: ClusterConfig) -> None:
+    """Refuse a ``cluster.jobqueue`` option ``dask_jobqueue.SLURMCluster`` does not take, before any work.
+
+    A misspelt option (``walltme``) passed ``validate`` and failed the run
+    only when the cluster started. Checked where dask-jobqueue is installed
+    (without it, starting the cluster says to install it).
+    """
+    if cfg.kind != "slurm":
+        return
+    try:
+        from dask_jobqueue import SLURMCluster
+        from dask_jobqueue.core import Job, JobQueueCluster
+    except ImportError:
+        return
+    known: set[str] = set()
+    for init in (SLURMCluster.__init__, SLURMCluster.job_cls.__init__, Job.__init__, JobQueueCluster.__init__):
+        params = inspect.signature(init).parameters.values()
+        known |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+    for name in cfg.jobqueue:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"cluster.jobqueue: {name!r} is not an option of dask_jobqueue.SLURMCluster{hint}")
 
 
 def _start_slurm(cfg: ClusterConfig) -> Any:

@@ -359,7 +359,9 @@ def _check_update_keys(previous: Model, source: Any) -> None:
 def _check_plan(cfg: Config, *, writes_output: bool) -> None:
     """Checks that need neither data nor files: supported options and path placement."""
     from . import io
+    from .cluster import check_jobqueue_options
 
+    check_jobqueue_options(cfg.cluster)
     if writes_output and cfg.output is None:
         raise ConfigError("output: required to write scaled data (add output.format and output.path)")
     if os.path.isdir(os.path.expanduser(cfg.stats.path)):

@@ -178,6 +178,17 @@ def test_the_slurm_options_make_a_job_script(tmp_path, monkeypatch):
     assert jobqueue["job_script_prologue"][0] in script and "--nworkers 2" in script
 
 
+def test_a_misspelt_jobqueue_option_fails_validate(tmp_path):
+    """`walltme` passed validate and failed the run when the cluster started (after the queue wait)."""
+    pytest.importorskip("dask_jobqueue")
+    from scalepipe.errors import ConfigError
+    from scalepipe.pipeline import validate_job
+
+    cfg = load_config(SLURM / "job.yaml", ["cluster.jobqueue.walltme=00:10:00", f"stats.path={tmp_path / 's.json'}"])
+    with pytest.raises(ConfigError, match=r"^cluster\.jobqueue: 'walltme' is not an option of dask_jobqueue\.SLURMCluster \(did you mean 'walltime'\?\) \(from --set"):
+        validate_job(cfg)
+
+
 def test_the_sbatch_launcher_runs_the_config():
     text = (SLURM / "run.sbatch").read_text()
     assert text.startswith("#!/bin/bash\n")
