@@ -104,11 +104,26 @@ def running_stats(batches: Moments, momentum: np.ndarray, start: Running | None 
 
 
 def scale_batches(
-    x: np.ndarray, batch_rows: int | None, params_of: Callable[[Moments], Affine], names: Sequence[object] | None = None
+    x: np.ndarray,
+    batch_rows: int | None,
+    params_of: Callable[[Moments], Affine],
+    names: Sequence[object] | None = None,
+    min_rows: int = 1,
 ) -> np.ndarray:
-    """Scale each batch of ``x`` with the parameters of its own statistics (training mode)."""
+    """Scale each batch of ``x`` with the parameters of its own statistics (training mode).
+
+    Raises
+    ------
+    DataError
+        A batch has fewer than ``min_rows`` rows (as a fit refuses it).
+    """
     out = np.empty(x.shape, dtype=x.dtype if x.dtype.kind == "f" else np.float64)
     for a, b in batch_bounds(len(x), batch_rows):
+        if b - a < min_rows:
+            raise DataError(
+                f"rows {a} to {b - 1} of a partition: a batch of {b - a} row(s) is smaller than min_batch_rows={min_rows}; "
+                "batch statistics need more rows (choose another batch_rows or repartition the data)"
+            )
         piece = x[a:b]
         out[a:b] = apply_affine(piece, params_of(chunk_moments(piece, names)))
     return out

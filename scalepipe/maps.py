@@ -122,6 +122,7 @@ class BatchMap:
 
     rules: RuleSet
     batch_rows: int | None
+    min_batch_rows: int = 1
 
     def __call__(self, values: np.ndarray, positions: np.ndarray, part: Any = None) -> np.ndarray:
         fitted = positions >= 0
@@ -129,7 +130,7 @@ class BatchMap:
         pos = positions[fitted]
         names = [self.rules.names[p] for p in pos]
         out[:, fitted] = scale_batches(
-            out[:, fitted], self.batch_rows, lambda m: self.rules.params(m, pos, allow_empty=True), names
+            out[:, fitted], self.batch_rows, lambda m: self.rules.params(m, pos, allow_empty=True), names, self.min_batch_rows
         )
         return out
 

@@ -368,7 +368,7 @@ class Model:
         if self.groups is not None:
             self.key_column(data)
         view = view_of(data, feature_names, self.meta.get("reduce_dims"), self.meta.get("feature_dims"))
-        fn = BatchMap(self.rules, self.scope.batch_rows) if stats == "batch" else self._map(inverse=False)
+        fn = BatchMap(self.rules, self.scope.batch_rows, self.scope.min_batch_rows) if stats == "batch" else self._map(inverse=False)
         if out is None:
             return view.transform(self.feature_names, fn)
         _check_out(out, data, fn)

@@ -487,6 +487,16 @@ def test_keys_of_several_types_are_refused():
         negative.partial_fit(pd.DataFrame({"k": np.array([2**64 - 1], np.uint64), "x": [5.0]}))
 
 
+def test_batch_statistics_at_transform_refuse_a_batch_a_fit_refuses():
+    """transform(stats="batch") scaled a last batch of one row by its own
+    statistics (all zeros), where the fit refuses batches under min_batch_rows."""
+    df = pd.DataFrame({"x": np.arange(10.0)})
+    model = sp.fit(df, [sp.ZScore(["x"])], scope="partition", batch_rows=4)
+    np.testing.assert_allclose(model.transform(df.iloc[:8], stats="batch")["x"], np.tile((np.arange(4) - 1.5) / np.std(np.arange(4)), 2))
+    with pytest.raises(DataError, match=r"^rows 8 to 8 of a partition: a batch of 1 row\(s\) is smaller than min_batch_rows=2"):
+        model.transform(df.iloc[:9], stats="batch")
+
+
 def test_inference_stats_belongs_to_the_partition_scope():
     with pytest.raises(ParameterError, match=r"batch_rows: 1 is below min_batch_rows \(2\): every batch would be refused"):
         sp.fit(pd.DataFrame({"x": [0.0, 1.0, 2.0]}), [sp.MinMax(["x"])], scope="partition", batch_rows=1)
