@@ -38,6 +38,7 @@ environment variable ``SCALEPIPE_NO_NUMBA=1`` to use the numpy path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -57,6 +58,7 @@ __all__ = [
     "Extremes",
     "chunk_exact",
     "chunk_exact_sums",
+    "exact_mean_lo",
     "exact_mean_m2",
     "from_lists",
     "merge_exact",
@@ -538,6 +540,24 @@ def exact_mean_m2(s: ExactSums, count: np.ndarray) -> tuple[np.ndarray, np.ndarr
             )
         m2[i] = _ratio_to_float(num, n << -S2_EXP)
     return mean.reshape(s.shape), m2.reshape(s.shape)
+
+
+def exact_mean_lo(s: ExactSums, count: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """The rounding residual of ``mean`` (from :func:`exact_mean_m2`): ``S1 / n - mean``, correctly rounded.
+
+    ``mean + mean_lo`` is the mean to about 106 bits, as the other modes keep
+    it: comparing new data's mean with a correctly rounded one alone (drift)
+    found a shift of up to half an ulp of the mean, most of a standard
+    deviation on ``1e12 + 1e-4*U(0,1)``. 0 where ``count == 0``.
+    """
+    a1 = _limbs_to_ints(s.s1)
+    lo = np.zeros(len(a1))
+    for i, (total, n, m) in enumerate(zip(a1, np.asarray(count).ravel().tolist(), np.asarray(mean).ravel().tolist(), strict=True)):
+        if n > 0 and math.isfinite(m):
+            num, den = m.as_integer_ratio()
+            scale = n << -S1_EXP
+            lo[i] = _ratio_to_float(total * den - num * scale, scale * den)
+    return lo.reshape(s.shape)
 
 
 def to_lists(s: ExactSums) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import os
 import re
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
 from .maps import AffineMap, BatchMap, KeyMap, unseen_mask
 from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, affine_dtype, plain, scaler_from_dict
-from .exact import ExactSums, exact_mean_m2, from_lists, to_lists
+from .exact import ExactSums, exact_mean_lo, exact_mean_m2, from_lists, to_lists
 from .stats import ExactMoments, Moments, NonFiniteError, merge, merge_all
 from .views import View, view_of
 
@@ -654,6 +654,8 @@ class Model:
             groups = _groups_from_document(doc["groups"], tables) if doc.get("groups") else None
             exact = from_lists(doc["exact_sums"]) if doc.get("exact_sums") else None
             _check_parts(scalers, features, moments, params, scope, batches, groups, exact)
+            if exact is not None:  # the mean's residual, from the sums (files before it was kept hold 0)
+                moments = replace(moments, mean_lo=exact_mean_lo(exact, moments.count, moments.mean))
         except KeyError as err:
             raise ArtifactError(f"{source}: malformed statistics file: missing field {err}") from None
         except (TypeError, ValueError, OverflowError, ParameterError) as err:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ._accel import numba_kernels
 from .errors import DataError
-from .exact import ExactSums, Extremes, chunk_exact, exact_mean_m2, merge_exact
+from .exact import ExactSums, Extremes, chunk_exact, exact_mean_lo, exact_mean_m2, merge_exact
 
 __all__ = [
     "KERNEL_DTYPES",
@@ -238,7 +238,7 @@ class ExactMoments:
         mean, m2 = exact_mean_m2(self.sums, self.moments.count)
         mean = np.where(self.moments.count > 0, mean, 0.0)
         m2 = np.where(self.moments.count > 0, m2, 0.0)
-        return replace(self.moments, mean=mean, mean_lo=np.zeros_like(mean), m2=m2)
+        return replace(self.moments, mean=mean, mean_lo=exact_mean_lo(self.sums, self.moments.count, mean), m2=m2)
 
     def reshape(self, shape: tuple[int, ...]) -> ExactMoments:
         """The same statistics with the features arranged in ``shape``."""

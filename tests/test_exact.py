@@ -586,3 +586,24 @@ def test_exact_mode_names_every_infinite_column(kernel):
     for block in (x, np.asfortranarray(x), Columns.of(x)):
         with pytest.raises(NonFiniteError, match="columns 'b', 'd'"):
             chunk_moments(block, ["a", "b", "c", "d"], exact=True)
+
+
+def test_the_exact_mean_keeps_its_residual(tmp_path):
+    """An exact fit stored mean_lo 0: drift compared the new data's mean
+    (kept to ~106 bits) with the rounded exact mean alone and found a shift
+    of 0.8 standard deviations on the data the artifact was fitted on
+    (1e12 + 1e-4*U: an ulp of the mean is four standard deviations)."""
+    import scalepipe as sp
+    from scalepipe.drift import drift_report
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([1e12 + 1e-4 * rng.random(5000), rng.standard_normal(5000) * 1e-200, np.arange(5000.0)])
+    model = sp.fit(x, [sp.MinMax()], exact=True)  # zscore refuses the 1e-200 column: its variance underflows
+    for j in range(x.shape[1]):
+        exact_mean = sum(map(Fraction, x[:, j].tolist()), Fraction(0)) / len(x)
+        residual = exact_mean - Fraction(model.moments.mean[j])
+        assert model.moments.mean_lo[j] == _to_float(residual), j  # the residual, correctly rounded
+    model.save(tmp_path / "stats.json")
+    loaded = sp.load(tmp_path / "stats.json")
+    assert np.array_equal(loaded.moments.mean_lo, model.moments.mean_lo)
+    assert drift_report(loaded, x).features[0].mean_shift == 0.0
