@@ -462,7 +462,8 @@ def drift_report(
     nm = new.moments
     fit_std, fit_var = m.std(0), m.var(0)
     vanished = nm.count == 0  # every new value missing: no mean, variance or range to compare
-    unmeasured = ~np.isfinite(fit_var)  # the fitted variance overflowed float64: no unit for a shift or ratio
+    # the fitted variance overflowed, or underflowed (it read 0 for values ~1e-200, giving a shift of -inf): no unit for a shift or ratio
+    unmeasured = m.variance_out_of_range()
     new_var = np.where(np.isfinite(nm.var(0)) | vanished, nm.var(0), np.inf)  # overflowed: beyond any fitted one
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         diff = (nm.mean - m.mean) + (nm.mean_lo - m.mean_lo)
@@ -505,7 +506,10 @@ def drift_report(
     notes = []
     if unmeasured.any():
         names = ", ".join(repr(f.name) for f, u in zip(model.features, unmeasured) if u)
-        notes.append(f"mean_shift and var_ratio not computed for {names}: the fitted variance exceeds float64")
+        notes.append(
+            f"mean_shift and var_ratio not computed for {names}: the fitted variance is beyond float64's range "
+            "(values beyond ~1e154 or within ~1e-154 of each other)"
+        )
     if thresholds.unseen_share is not None and model.groups is None:
         notes.append("unseen_share applies to the key scope only: not checked")
     if reference is None:

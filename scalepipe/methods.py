@@ -433,12 +433,18 @@ def affine_params(scaler: Scaler, m: Moments, names: Sequence[object], *, allow_
     # a constant column keeps its divisor unless its policy replaces the map below; statistics
     # of no (or too few) values have NaN parameters where allowed
     exempt = (constant & (scaler.constant_policy in ("zero", "passthrough"))) | empty | few
-    unscalable = ~exempt & (~np.isfinite(spread) | ~np.isfinite(scale) | ((scale == 0) & (gain != 0)))
+    # a variance below float64's normal numbers (values within ~1e-154 of each other) is 0 or a subnormal, its
+    # square root off by up to 1e-4: a divisor that is that square root is not the data's (batchnorm's eps hides it)
+    with np.errstate(over="ignore", invalid="ignore"):
+        lost = scaler.spread_from_variance & m.variance_out_of_range() & ~constant & (spread * spread < np.finfo(np.float64).tiny)
+    unscalable = ~exempt & (~np.isfinite(spread) | ~np.isfinite(scale) | ((scale == 0) & (gain != 0)) | lost)
     if unscalable.any():
         cols = _named(names, unscalable)
         overflow = ""
         if scaler.spread_from_variance and not np.isfinite(spread[unscalable]).all():
             overflow = " (the squared deviations overflow float64 for values beyond about 1e154)"
+        elif lost[unscalable].any():
+            overflow = " (the squared deviations underflow float64 for values within about 1e-154 of each other)"
         raise DataError(
             f"column(s) {', '.join(map(repr, cols))}: {scaler.method}'s divisor "
             f"({', '.join(f'{v:.3g}' for v in np.unique(spread[unscalable]))}) or its inverse is beyond "

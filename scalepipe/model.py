@@ -554,7 +554,7 @@ class Model:
     def summary(self) -> list[dict[str, Any]]:
         """One record per fitted feature: method, statistics and parameters."""
         m = self.moments
-        std = m.std(0)
+        std = np.where(m.variance_out_of_range(), np.nan, m.std(0))  # 0 for values ~1e-200 was a wrong number
         rows = []
         for i, f in enumerate(self.features):
             scaler = self.scalers[f.rule]

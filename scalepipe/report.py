@@ -10,10 +10,14 @@ statistics and parameters of :meth:`Model.summary`, NaN counts, and flags:
   deviations from the mean;
 * ``large offset``: ``|mean| / std`` exceeds :data:`OFFSET_STD` (the spread
   is a tiny part of the magnitude);
-* ``amplifies noise``: the scale exceeds :data:`MAX_SCALE`, or one rounding
-  step of the input (one ulp of its largest magnitude, in its dtype) becomes
-  more than :data:`MAX_OUTPUT_STEP` after scaling, so the output is visibly
-  quantised by the input's precision.
+* ``no std``: the variance is beyond float64's range (it overflowed, or
+  underflowed for values within ~1e-154 of each other), so no standard
+  deviation is shown and the two flags above are not computed;
+* ``amplifies noise``: one rounding step of the input (one ulp of its
+  largest magnitude, in its dtype) becomes more than :data:`MAX_OUTPUT_STEP`
+  after scaling, so the output is visibly quantised by the input's precision
+  (a large scale alone is not: data in small units keeps its relative
+  precision).
 
 The histograms live beside the statistics in a side file
 ``<stats>.hist.json`` (see :func:`histograms_path`), not in the artifact:
@@ -72,8 +76,6 @@ HISTOGRAMS_SCHEMA_VERSION = 1
 HEAVY_TAIL_STD = 10.0
 #: ``|mean| / std`` above this is a large offset.
 OFFSET_STD = 1e3
-#: A scale above this amplifies noise.
-MAX_SCALE = 1e6
 #: One input ulp becoming more than this after scaling amplifies noise.
 MAX_OUTPUT_STEP = 1e-3
 
@@ -168,11 +170,14 @@ def feature_flags(model: Any) -> list[list[Flag]]:
     m = model.moments
     std = m.std(0)
     constant = m.is_constant()
+    unmeasured = m.variance_out_of_range()
     out = []
     for i, f in enumerate(model.features):
         flags = []
         if constant[i]:
             flags.append(Flag("constant", f"every value is {m.min[i]:.6g}; constant_policy decides its output"))
+        elif unmeasured[i]:
+            flags.append(Flag("no std", "the variance is beyond float64's range (values beyond ~1e154 or within ~1e-154 of each other)"))
         else:
             tail = max(m.max[i] - m.mean[i], m.mean[i] - m.min[i])
             t = _ratio(tail, std[i])
@@ -184,9 +189,7 @@ def feature_flags(model: Any) -> list[list[Flag]]:
         scale = abs(float(model.params.scale[i]))
         dtype = np.dtype(f.dtype) if _is_float_dtype(f.dtype) else np.dtype(np.float64)
         step = float(np.spacing(dtype.type(m.absmax[i]))) * scale if math.isfinite(m.absmax[i]) else 0.0
-        if scale > MAX_SCALE:
-            flags.append(Flag("amplifies noise", f"scale {scale:.3g} magnifies every input error"))
-        elif step > MAX_OUTPUT_STEP:
+        if step > MAX_OUTPUT_STEP:
             flags.append(
                 Flag("amplifies noise", f"one rounding step of the {dtype} input becomes {step:.3g} after scaling")
             )

@@ -162,6 +162,15 @@ class Moments:
         """Standard deviation, ``sqrt(var(ddof))``."""
         return np.sqrt(self.var(ddof))
 
+    def variance_out_of_range(self) -> np.ndarray:
+        """Whether each feature's variance is beyond float64's normal numbers: it overflowed (values
+        beyond ~1e154), or it underflowed to 0 or a subnormal (values within ~1e-154 of each other
+        that are not constant), so that the variance and standard deviation are wrong or lost.
+        """
+        var = self.var(0)
+        with np.errstate(invalid="ignore"):
+            return (self.count > 0) & (~np.isfinite(var) | ((var < np.finfo(np.float64).tiny) & (self.min < self.max)))
+
     def is_constant(self) -> np.ndarray:
         """Whether each feature's range is within 4 ulps of its magnitude.
 

@@ -241,5 +241,20 @@ def test_variances_beyond_float64():
     result = drift_report(model, new, thresholds={"psi": None})
     huge, x = result.features
     assert math.isnan(huge.mean_shift) and math.isnan(huge.variance_ratio)
-    assert "note: mean_shift and var_ratio not computed for 'huge': the fitted variance exceeds float64" in result.table()
+    assert "note: mean_shift and var_ratio not computed for 'huge': the fitted variance is beyond float64's range" in result.table()
     assert math.isinf(x.variance_ratio) and "variance_ratio" in x.reasons and result.flagged
+
+
+def test_variances_below_float64():
+    """A fitted variance that underflowed to 0 (values ~1e-200) gave a
+    mean_shift of -inf on data of the same distribution, flagged as drift;
+    a subnormal one (values ~1e-160) shifts and ratios off by 1e-4."""
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({"s200": rng.uniform(1, 5, 400) * 1e-200, "s160": rng.uniform(1, 5, 400) * 1e-160})
+    model = sp.fit(train, [sp.MinMax()])
+    new = pd.DataFrame({"s200": rng.uniform(1, 5, 400) * 1e-200, "s160": rng.uniform(1, 5, 400) * 1e-160})
+    result = drift_report(model, new, thresholds={"psi": None})
+    for feature in result.features:
+        assert math.isnan(feature.mean_shift) and math.isnan(feature.variance_ratio) and not feature.reasons, feature
+    assert "note: mean_shift and var_ratio not computed for 's200', 's160': the fitted variance is beyond" in result.table()
+    assert not result.flagged

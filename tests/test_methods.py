@@ -172,6 +172,24 @@ def test_constant_policy_error_names_column(method):
         sp.fit(CONSTANT, [scaler_from_dict({"method": method, "constant_policy": "error"})], feature_names=["c0", "c1"])
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_standard_deviation_lost_to_underflow_is_refused():
+    """Values within ~1e-154 of each other have a variance below float64's
+    normal numbers: zscore divided by a std off by 7e-5 (values ~1e-160) or
+    by 0 without a word; batchnorm's eps makes the variance's loss harmless."""
+    rng = np.random.default_rng(1)
+    for exponent in (160, 200):
+        x = rng.uniform(1, 5, (500, 1)) * 10.0**-exponent
+        with pytest.raises(DataError, match=r"zscore's divisor .* \(the squared deviations underflow float64 for values within about 1e-154"):
+            sp.fit(x, [sp.ZScore()])
+        bn = sp.fit(x, [sp.BatchNorm()])
+        np.testing.assert_allclose(bn.params.scale, 1 / np.sqrt(1e-5), rtol=1e-12)
+        assert sp.fit(x, [sp.ZScore(with_std=False)]).params.scale[0] == 1.0
+    x = rng.uniform(1, 5, (500, 1)) * 1e-100  # a normal variance: exact to the ulp
+    want = float(np.std(x / 1e-100) * 1e-100)
+    assert sp.fit(x, [sp.ZScore()]).params.scale[0] == pytest.approx(1 / want, rel=1e-14)
+
+
 @pytest.mark.parametrize(
     "method, values",
     [

@@ -239,6 +239,20 @@ def test_flags_follow_the_data():
     assert flags["count"] == [] and flags["f32"] == ["large offset"]
 
 
+def test_flags_of_extreme_magnitudes():
+    """Values ~1e-200 (their variance underflows to 0) were flagged "heavy
+    tail: inf standard deviations" and "large offset", with std 0 in the
+    table; data in small units (1e-7) "amplifies noise" by its scale alone,
+    though its relative precision is kept."""
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"s200": rng.uniform(1, 5, 500) * 1e-200, "unit": rng.uniform(1, 5, 500) * 1e-7})
+    model = sp.fit(df, [sp.MinMax()])
+    flags = dict(zip(model.feature_names, ([f.name for f in fl] for fl in report.feature_flags(model))))
+    assert flags == {"s200": ["no std"], "unit": []}
+    rows = {r["feature"]: r for r in model.summary()}
+    assert np.isnan(rows["s200"]["std"]) and rows["unit"]["std"] == pytest.approx(df["unit"].std(ddof=0), rel=1e-12)
+
+
 def test_report_from_stats_without_or_with_stale_histograms(tmp_path):
     train = frame()
     model = sp.fit(train, RULES)
