@@ -279,7 +279,8 @@ def inspect(stats: str, as_json: bool) -> None:
     meta = model.meta
     click.echo(
         f"\n{len(model.features)} features, {len(model.passthrough)} passthrough; "
-        f"created {meta.get('created')}; config {meta.get('config_hash')}"
+        f"created {meta.get('created')}; "
+        + (f"config {meta['config_hash']}" if meta.get("config_hash") else "fitted through the Python API (no config)")
     )
 
 
@@ -300,6 +301,9 @@ def _check_target(option: str, target: str, stats: str, suffixes: tuple[str, ...
         raise OutputError(f"{option} {target!r} is the statistics file or its histograms; write elsewhere")
     if os.path.exists(target) and not target.lower().endswith(suffixes):
         raise OutputError(f"{option} {target!r} exists and is not a {' or '.join(suffixes)} file; write elsewhere")
+    from .pipeline import check_writable
+
+    check_writable(option, target)  # before the work (a path under a file failed after the whole pass)
 
 
 @main.command()

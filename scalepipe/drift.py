@@ -90,6 +90,8 @@ class DriftThresholds:
                 object.__setattr__(self, f.name, (float(pair[0]), float(pair[1])))
             elif not _is_number(value) or value < 0:
                 raise ParameterError(f.name, f"must be a non-negative number, or null (off on the command line), got {value!r}")
+            elif f.name in _SHARES and value > 1:  # a share above 1 is never crossed: the test would be off unsaid
+                raise ParameterError(f.name, f"is a share of rows, from 0 to 1, got {value!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> DriftThresholds:
@@ -111,8 +113,9 @@ class DriftThresholds:
     def from_overrides(cls, items: Sequence[str], base: dict[str, Any] | None = None) -> DriftThresholds:
         """Thresholds from command-line ``NAME=VALUE`` items over ``base``.
 
-        ``VALUE`` is a number, ``LOW,HIGH`` for ``variance_ratio``, or empty
-        (or ``off``) to turn the test off.
+        ``VALUE`` is a number, ``LOW,HIGH`` for ``variance_ratio``, or ``off``
+        to turn the test off (an empty value is an error: an unset shell
+        variable turned the test off).
 
         Examples
         --------
@@ -125,8 +128,10 @@ class DriftThresholds:
             name, text = name.strip(), text.strip()
             if not sep:
                 raise ParameterError(name or item, f"expected NAME=VALUE, got {item!r}")
+            if not text:
+                raise ParameterError(name, f"has no value in {item!r}; give a number, or {name}=off to turn the test off")
             try:
-                if text.lower() in ("", "off", "none", "null"):
+                if text.lower() in ("off", "none", "null"):
                     values[name] = None
                 elif name == "variance_ratio":
                     values[name] = tuple(float(v) for v in text.split(","))
@@ -139,6 +144,10 @@ class DriftThresholds:
     def to_dict(self) -> dict[str, Any]:
         """The thresholds as plain data."""
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+#: The thresholds that are shares of rows (0 to 1).
+_SHARES = ("outside_share", "nan_rate", "unseen_share")
 
 
 def _is_number(v: Any) -> bool:
@@ -252,7 +261,8 @@ class DriftResult:
             more = " ..." if self.unseen.truncated or len(self.unseen.keys) > 10 else ""
             lines.append(
                 f"unseen keys: {self.unseen.rows} rows ({_pct(self.unseen.share)}), {len(self.unseen.keys)}"
-                f"{'+' if self.unseen.truncated else ''} keys{': ' + shown + more if shown else ''}"
+                f"{'+' if self.unseen.truncated else ''} key{'' if len(self.unseen.keys) == 1 and not self.unseen.truncated else 's'}"
+                f"{': ' + shown + more if shown else ''}"
                 + (" [drift]" if self.unseen.flagged else "")
             )
         lines += [f"note: {n}" for n in self.notes]

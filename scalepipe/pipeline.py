@@ -377,10 +377,10 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
     if writes_output:
         assert cfg.output is not None
         io.check_paths(cfg.input.path, cfg.output.path)
-        _check_writable("output.path", cfg.output.path)
+        check_writable("output.path", cfg.output.path)
     if cfg.output is not None:  # also for fit: a later run with overwrite would delete the statistics
         placed.append(("output.path", cfg.output.path))
-    _check_writable("stats.path", cfg.stats.path)
+    check_writable("stats.path", cfg.stats.path)
     for key, other in placed:
         if _overlaps(other, cfg.stats.path):
             raise ConfigError(f"stats.path: {cfg.stats.path!r} overlaps {key} {other!r}; write the statistics outside it")
@@ -396,8 +396,10 @@ def _overlaps(folder: str, path: str) -> bool:
     return False
 
 
-def _check_writable(key: str, path: str) -> None:
+def check_writable(key: str, path: str) -> None:
     """The folder ``path`` goes into exists and is writable, or can be made in its nearest existing ancestor.
+
+    ``key`` (``output.path``, ``--json``) names the setting in the :class:`ConfigError`.
 
     Checked before any work: found when writing, such a path failed after
     the whole fit pass.

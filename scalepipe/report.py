@@ -430,7 +430,12 @@ def write_run_report(model: Any, histograms: Histograms | None, stats_path: str 
     """
     if histograms is not None:
         save_histograms(histograms, histograms_path(stats_path), model)
-    return write_report(model, histograms, report_path(stats_path))
+    return write_report(model, histograms, report_path(stats_path), title=_title(stats_path, model))
+
+
+def _title(stats_path: str | os.PathLike[str], model: Any) -> str:
+    """The report's title: the statistics file's name and the model (the same written by a run and rebuilt)."""
+    return f"{Path(stats_path).name}: {model!r}"
 
 
 def build_report_from_stats(stats_path: str | os.PathLike[str]) -> str:
@@ -447,7 +452,7 @@ def build_report_from_stats(stats_path: str | os.PathLike[str]) -> str:
     notes = []
     if hist is None and side.exists():
         notes.append(f"{side.name} was written for an earlier fit of these statistics and is not shown.")
-    return render_report(model, hist, title=f"{Path(stats_path).name}: {model!r}", notes=notes)
+    return render_report(model, hist, title=_title(stats_path, model), notes=notes)
 
 
 def check_profile(path: str | os.PathLike[str] | None) -> None:

@@ -534,6 +534,15 @@ def test_help_for_every_command(subcommand):
         assert "--update" in result.output
 
 
+def test_an_unwritable_json_path_fails_before_the_pass(tmp_path, monkeypatch):
+    """--json under a file ran the whole pass, printed the table, then failed with a raw NotADirectoryError."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    result = CliRunner().invoke(main, ["drift", "--stats", "missing.json", "--input", "nothing", "--json", "afile/x.json"])
+    assert result.exit_code == 1, result.output
+    assert "error: --json: 'afile/x.json' cannot be written: " in result.output and "is a file, not a folder" in result.output
+
+
 def test_drift_without_its_inputs_is_a_usage_error():
     """It exited 1 as a job error; README: a missing argument is a usage error (2)."""
     result = CliRunner().invoke(main, ["drift"])

@@ -164,6 +164,13 @@ def test_thresholds_are_validated():
     assert parsed == DriftThresholds(0.1, (0.8, 1.25), 0.01, None)
     with pytest.raises(ParameterError, match="outside_share: 'x' is not a number"):
         DriftThresholds.from_overrides(["outside_share=x"])
+    # an empty value (an unset shell variable) turned the test off; a share above 1 is never crossed
+    with pytest.raises(ParameterError, match=r"^mean_shift: has no value in 'mean_shift='; give a number, or mean_shift=off"):
+        DriftThresholds.from_overrides(["mean_shift="])
+    for name in ("outside_share", "nan_rate", "unseen_share"):
+        with pytest.raises(ParameterError, match=rf"^{name}: is a share of rows, from 0 to 1, got 2.0"):
+            DriftThresholds.from_overrides([f"{name}=2"])
+    assert DriftThresholds.from_overrides(["outside_share=1", "mean_shift=3"]).outside_share == 1.0
 
 
 def test_a_feature_without_new_values_is_flagged_and_no_rows_is_an_error():

@@ -204,6 +204,7 @@ def test_quickstart_report_is_one_html_file_with_embedded_images(tmp_path):
     np.testing.assert_array_equal(again.output.counts, hist.output.counts)
     rebuilt = report.build_report_from_stats(stats)
     assert rebuilt.count("data:image/png;base64,") == len(model.feature_names)
+    assert rebuilt == text  # the same file (its title gained the statistics file's name when rebuilt)
 
 
 def test_plots_share_one_figure_without_leftovers():
