@@ -118,10 +118,30 @@ def key_family(kind: str) -> str:
 
 
 def _aligned_keys(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
-    """``a`` and ``b`` with one dtype that holds both exactly (int64 and uint64 keys), else :class:`ColumnError`."""
+    """``a`` and ``b`` with one dtype that holds both exactly, else :class:`ColumnError`.
+
+    int64 and uint64 keys as the one of them that holds both; integral float
+    keys (an integer key column with a missing value, to pandas) beside
+    integer keys as integers, other floats beside integers up to 2**53 as
+    floats.
+    """
     if not len(a) or not len(b) or a.dtype == b.dtype:
         return a, b
     fa, fb = key_family(a.dtype.kind), key_family(b.dtype.kind)
+    if {fa, fb} == {"integer", "float"}:  # pandas makes an integer key column with a missing key float
+        ints, floats = (a, b) if fa == "integer" else (b, a)
+        f = floats.to_numpy()
+        if (f == np.floor(f)).all() and np.abs(f).max() < 2.0**63:
+            floats = pd.Index(f.astype(np.int64))
+        elif np.abs(ints.to_numpy().astype(object)).max() <= 2**53:  # every integer key is a float exactly
+            ints = pd.Index(ints.to_numpy().astype(np.float64))
+        else:
+            raise ColumnError(
+                f"the new rows' keys ({b.dtype}) and the fitted keys ({a.dtype}) do not merge exactly: fractional "
+                "float keys beside integer keys beyond 2**53"
+            )
+        a, b = (ints, floats) if fa == "integer" else (floats, ints)
+        return _aligned_keys(a, b)
     if fa == fb == "integer":
         both = np.concatenate([a.to_numpy().astype(object), b.to_numpy().astype(object)])
         for dtype in (np.int64, np.uint64):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from .batches import scale_batches
 from .groups import key_family
@@ -140,11 +141,18 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
 
     Exact: a float key matches an integer key only when it is that integer
     (pandas would compare them as floats, so ``2.0**53`` would find a
-    fitted ``2**53 + 1``); in a column of Python objects, a key of another
-    type is not found (pandas finds ``1`` for a fitted ``True``).
+    fitted ``2**53 + 1``). Keys of another type are not found (pandas finds
+    ``1`` for a fitted ``True``), except numbers against text keys (a CSV's:
+    its key column is read as text), matched by their decimal text: ``3``
+    finds the key ``"3"``, not ``"03"``.
     """
-    if column.dtype == object and len(column):
-        wanted = _KIN[key_family(keys.dtype.kind)]
+    fitted, given = _family(keys), _family(column)
+    if fitted == "text" and given in ("integer", "float"):
+        return _by_text(keys, column)
+    if fitted is not None and given is not None and not _compatible(fitted, given):
+        return np.full(len(column), -1, dtype=np.intp)
+    if given == "mixed" and fitted in _KIN:  # Python objects of several types: each found among keys of its own
+        wanted = _KIN[fitted]
         kin = np.fromiter((isinstance(v, wanted) and not _wrong_bool(v, wanted) for v in column.to_numpy()), bool, len(column))
         found = np.full(len(column), -1, dtype=np.intp)
         found[kin] = keys.get_indexer(column[kin])
@@ -161,6 +169,28 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
     return keys.get_indexer(column)
 
 
+#: pandas' inferred type of a column of objects -> the family of its keys (``mixed``: several families).
+_INFERRED = {
+    "string": "text",
+    "integer": "integer",
+    "floating": "float",
+    "mixed-integer-float": "float",
+    "boolean": "boolean",
+    "mixed": "mixed",
+    "mixed-integer": "mixed",
+}
+
+
+def _family(values: Any) -> str | None:
+    """The family of keys ``values`` (an Index or Series) hold: ``integer``, ``float``, ``boolean``, ``text``, ``mixed``, or ``None`` (other types: dates, decimals, bytes; or no values)."""
+    kind = values.dtype.kind
+    if kind in "iufb":
+        return key_family(kind)
+    if not len(values):
+        return None
+    return _INFERRED.get(pd.api.types.infer_dtype(values, skipna=True))
+
+
 #: The Python types of the keys of each family (numbers match numbers of the other kind only when equal).
 _KIN: dict[str, tuple[type, ...]] = {
     "integer": (int, np.integer, float, np.floating),
@@ -173,6 +203,25 @@ _KIN: dict[str, tuple[type, ...]] = {
 def _wrong_bool(value: object, wanted: tuple[type, ...]) -> bool:
     """A boolean where numbers are wanted (``bool`` is an ``int`` to Python)."""
     return isinstance(value, (bool, np.bool_)) and bool not in wanted
+
+
+def _compatible(fitted: str, given: str) -> bool:
+    numbers = ("integer", "float")
+    return given == "mixed" or fitted == given or (fitted in numbers and given in numbers)
+
+
+def _by_text(keys: Any, column: Any) -> np.ndarray:
+    """Positions of a numeric ``column``'s values among text ``keys``, by their decimal text (integral floats as integers)."""
+    if column.dtype.kind in "iu":
+        text = column.astype("string").to_numpy(dtype=object, na_value=None)
+    else:
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**63)
+        text = np.where(whole, np.where(whole, values, 0).astype(np.int64).astype(str), values.astype(str)).astype(object)
+        text[np.isnan(values)] = None
+    found = keys.get_indexer(pd.Index(text, dtype=object))
+    return np.where(pd.isna(text), -1, found)
 
 
 def unseen_mask(keys: Any, column: Any) -> np.ndarray:

@@ -477,9 +477,16 @@ def test_keys_of_several_types_are_refused():
 
     big = 2**53
     ints = sp.fit(pd.DataFrame({"k": np.array([big, big + 1]), "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
-    with pytest.raises(ColumnError, match=r"new rows' keys are float \(float64\), the fitted keys integer \(int64\)"):
+    with pytest.raises(ColumnError, match=r"new rows' keys \(float64\) and the fitted keys \(int64\) do not merge exactly"):
         ints.partial_fit(pd.DataFrame({"k": [0.5], "x": [5.0]}))
     assert ints.groups.keys.tolist() == [big, big + 1]
+    # integral float keys (an integer key column with a missing key, to pandas) merge as integers
+    small = sp.fit(pd.DataFrame({"k": [1, 2], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    small.partial_fit(pd.DataFrame({"k": [2.0, np.nan, 3.0], "x": [5.0, 6.0, 7.0]}))
+    assert small.groups.keys.dtype == np.int64 and small.groups.keys.tolist() == [1, 2, 3]
+    assert small.groups.moments.count[:, 0].tolist() == [1, 2, 1]
+    with pytest.raises(ColumnError, match=r"keys are text \(.*\), the fitted keys integer"):
+        small.partial_fit(pd.DataFrame({"k": ["a"], "x": [5.0]}))
     ints.partial_fit(pd.DataFrame({"k": np.array([2**64 - 1], np.uint64), "x": [5.0]}))
     assert ints.groups.keys.dtype == np.uint64 and ints.groups.keys.tolist() == [big, big + 1, 2**64 - 1]
     negative = sp.fit(pd.DataFrame({"k": [-1, 2], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
@@ -495,6 +502,39 @@ def test_batch_statistics_at_transform_refuse_a_batch_a_fit_refuses():
     np.testing.assert_allclose(model.transform(df.iloc[:8], stats="batch")["x"], np.tile((np.arange(4) - 1.5) / np.std(np.arange(4)), 2))
     with pytest.raises(DataError, match=r"^rows 8 to 8 of a partition: a batch of 1 row\(s\) is smaller than min_batch_rows=2"):
         model.transform(df.iloc[:9], stats="batch")
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        pd.Series([None, 1, 2, 1, 2, 1], dtype=object),  # ints from JSON or a database, a missing one
+        pd.Series([np.int64(v) for v in (2, 1, 2, 1, 2, 1)], dtype=object),
+        pd.Series([b"a", b"b", b"a", b"b", b"a", b"b"], dtype=object),
+        pd.Series([True, False, True, False, np.bool_(True), False], dtype=object),
+    ],
+)
+def test_an_object_key_column_finds_its_own_keys(keys):
+    """An object key column of ints, numpy scalars, bytes or booleans found
+    none of its keys at transform (every row scaled with the global statistics)."""
+    df = pd.DataFrame({"k": keys, "x": [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]})
+    model = sp.fit(df, [sp.MinMax(["x"])], scope="key", key="k")
+    assert model.unseen_rows(df) == 0
+    out = model.transform(df)["x"]
+    for key, rows in df.groupby("k", dropna=True).groups.items():
+        assert sorted(out[rows].tolist()) in ([0.0, 1.0], [0.0, 0.5, 1.0]), key
+
+
+def test_numbers_find_the_text_keys_of_a_csv():
+    """A CSV's key column is read as text: the same keys read as numbers
+    (pandas, Parquet) found none of them, every row scaled with the global
+    statistics, silently. Numbers match text keys by their decimal text."""
+    text = pd.DataFrame({"k": ["1", "2", "1", "2", "02"], "x": [0.0, 10.0, 4.0, 20.0, 7.0]})
+    model = sp.fit(text, [sp.MinMax(["x"])], scope="key", key="k")
+    for column in ([1, 2, 1, 2], [1.0, 2.0, 1.0, 2.0], pd.array([1, 2, 1, 2], dtype="Int64")):
+        got = model.transform(text.iloc[:4].assign(k=column))["x"].tolist()
+        assert got == [0.0, 0.0, 1.0, 1.0], column
+    assert model.unseen_rows(pd.DataFrame({"k": [2.5, np.nan, 1.0], "x": [1.0, 1.0, 1.0]})) == 1  # 2.5 unseen, NaN missing
+    assert model.unseen_rows(pd.DataFrame({"k": [True], "x": [1.0]})) == 1  # not a number key
 
 
 def test_inference_stats_belongs_to_the_partition_scope():
