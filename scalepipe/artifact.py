@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,27 +115,41 @@ def render_artifact(doc: dict[str, Any]) -> str:
     return json.dumps(full, indent=1, allow_nan=False) + "\n"
 
 
-#: How every artifact starts (its format field first; :func:`render_artifact`).
+#: How an artifact written by scalepipe starts (its format field first; :func:`render_artifact`).
 _ARTIFACT_START = re.compile(rb'\s*\{\s*"format"\s*:\s*"' + re.escape(FORMAT.encode()) + rb'"')
 
 
 def replace_problem(path: str | os.PathLike[str]) -> str | None:
     """Why saving statistics at ``path`` would destroy something, or ``None``.
 
-    Only a scalepipe statistics file (or an empty file) is ever replaced: a
-    ``stats.path`` naming the job's own config, or any other file, was
-    overwritten without a word.
+    Only scalepipe statistics (a JSON document whose ``format`` is
+    ``scalepipe.stats``, in any key order) or an empty file are ever
+    replaced: a ``stats.path`` naming the job's own config, or any other
+    file, was overwritten without a word. A special file (a FIFO, a device)
+    is refused without being opened.
     """
     file = Path(os.fspath(path)).expanduser()
     try:
+        info = file.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # nothing there to lose (a path that cannot be written is refused for that)
+    if stat.S_ISDIR(info.st_mode):
+        return None  # refused as a folder by the caller
+    if not stat.S_ISREG(info.st_mode):
+        return f"{str(path)!r} is not a regular file (a pipe or a device); name a statistics file"
+    try:
         with open(file, "rb") as f:
             head = f.read(4096)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None  # nothing there to lose (a path that cannot be written is refused for that)
+            if not head.strip() or _ARTIFACT_START.match(head):
+                return None
+            if head.lstrip().startswith(b"{"):  # JSON, perhaps statistics in another key order
+                f.seek(0)
+                with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
+                    doc = json.load(f)
+                    if isinstance(doc, dict) and doc.get("format") == FORMAT:
+                        return None
     except OSError as exc:
         return f"{str(path)!r} cannot be read to check what it is ({exc.strerror})"
-    if not head or _ARTIFACT_START.match(head):
-        return None
     return (
         f"{str(path)!r} is a file that is not scalepipe statistics; it is never replaced: "
         "remove it or name another statistics file"

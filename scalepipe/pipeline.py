@@ -169,7 +169,7 @@ def run_job(
 
     start = time.perf_counter()
     check_profile(profile)
-    _check_plan(cfg, writes_output=mode != "fit")
+    _check_plan(cfg, writes_output=mode != "fit", writes_stats=mode != "transform")
     if mode != "fit":
         _refuse_existing_output(cfg)
     _ensure_demo_input(cfg, echo)
@@ -356,7 +356,7 @@ def _check_update_keys(previous: Model, source: Any) -> None:
         )
 
 
-def _check_plan(cfg: Config, *, writes_output: bool) -> None:
+def _check_plan(cfg: Config, *, writes_output: bool, writes_stats: bool = True) -> None:
     """Checks that need neither data nor files: supported options and path placement."""
     from . import io
     from .cluster import check_jobqueue_options
@@ -371,7 +371,7 @@ def _check_plan(cfg: Config, *, writes_output: bool) -> None:
         raise ConfigError(f"stats.path: {cfg.stats.path!r} is a folder; name the statistics file, e.g. {example!r}")
     from .artifact import replace_problem
 
-    if (problem := replace_problem(cfg.stats.path)) is not None:
+    if writes_stats and (problem := replace_problem(cfg.stats.path)) is not None:
         raise ConfigError(f"stats.path: {problem}")
     placed = [("input.path", cfg.input.path)]
     if writes_output:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 
 import numpy as np
@@ -55,6 +56,12 @@ def test_save_replaces_statistics_and_nothing_else(saved, tmp_path):
         with pytest.raises(ArtifactError, match=rf"'{re.escape(str(tmp_path / name))}' is a file that is not scalepipe statistics"):
             model.save(tmp_path / name)
         assert (tmp_path / name).read_text() == text
+    # statistics in another key order (jq -S) are statistics; a pipe is refused without being opened (it hung)
+    (tmp_path / "sorted.json").write_text(json.dumps(json.loads(path.read_text()), sort_keys=True))
+    model.save(tmp_path / "sorted.json")
+    os.mkfifo(tmp_path / "pipe.json")
+    with pytest.raises(ArtifactError, match=r"pipe\.json' is not a regular file"):
+        model.save(tmp_path / "pipe.json")
 
 
 def test_is_plain_json_with_header(saved):
