@@ -7,13 +7,16 @@ partition, about as much time as the transform's sweep itself. :func:`empty`
 gives arrays backed by memory an earlier array released: when the last view
 of one is freed (the written partition, an Arrow table, a user's result),
 its memory returns to a small idle list, from which the next array of the
-same size is cut. Small arrays come from numpy as usual (its allocator
-already reuses them).
+same size is cut. Memory idle for :data:`IDLE_SECONDS` is freed (a daemon
+timer runs while any is idle), so a process that stops transforming does
+not keep it. Small arrays come from numpy as usual (its allocator already
+reuses them).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -27,17 +30,20 @@ GRAIN = 1 << 21
 #: At most this many released blocks, of at most this many bytes together, are kept idle (the oldest go first).
 MAX_IDLE = 4
 MAX_IDLE_BYTES = 256 << 20
+#: A released block not reused within this many seconds is freed (partitions follow each other far faster).
+IDLE_SECONDS = 1.0
 
-_idle: list[np.ndarray] = []
+_idle: list[tuple[np.ndarray, float]] = []  # (memory, when released), oldest first
 # reentrant: a garbage collection run inside the lock may release a block (``_Lease.__del__``)
 _lock = threading.RLock()
+_janitor: threading.Timer | None = None
 
 
 def _take(nbytes: int) -> np.ndarray:
     with _lock:
         for i in range(len(_idle) - 1, -1, -1):
-            if _idle[i].nbytes == nbytes:
-                return _idle.pop(i)
+            if _idle[i][0].nbytes == nbytes:
+                return _idle.pop(i)[0]
     return np.empty(nbytes, dtype=np.uint8)
 
 
@@ -45,9 +51,29 @@ def _give_back(memory: np.ndarray) -> None:
     if memory.nbytes > MAX_IDLE_BYTES:
         return
     with _lock:
-        _idle.append(memory)
-        while len(_idle) > MAX_IDLE or sum(m.nbytes for m in _idle) > MAX_IDLE_BYTES:
+        _idle.append((memory, time.monotonic()))
+        while len(_idle) > MAX_IDLE or sum(m.nbytes for m, _ in _idle) > MAX_IDLE_BYTES:
             del _idle[0]
+        _watch()
+
+
+def _watch() -> None:
+    """Start the timer that frees idle memory, unless it runs (called with the lock held)."""
+    global _janitor
+    if _janitor is None and _idle:
+        _janitor = threading.Timer(IDLE_SECONDS, _free_old)
+        _janitor.daemon = True
+        _janitor.start()
+
+
+def _free_old() -> None:
+    """Free the blocks idle for :data:`IDLE_SECONDS`; watch on while others are idle."""
+    global _janitor
+    with _lock:
+        _janitor = None
+        now = time.monotonic()
+        _idle[:] = [(m, t) for m, t in _idle if now - t < IDLE_SECONDS]
+        _watch()
 
 
 class _Lease:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -63,8 +64,22 @@ def test_idle_memory_is_bounded():
     assert len(buffers._idle) == buffers.MAX_IDLE
     huge = buffers.empty((buffers.MAX_IDLE_BYTES // 8 + 1,))
     del huge
-    assert sum(m.nbytes for m in buffers._idle) <= buffers.MAX_IDLE_BYTES
+    assert sum(m.nbytes for m, _ in buffers._idle) <= buffers.MAX_IDLE_BYTES
     assert len(buffers._idle) == buffers.MAX_IDLE
+
+
+def test_idle_memory_is_freed_after_a_while(monkeypatch):
+    """A process that stops transforming kept up to 256 MiB of idle blocks for good."""
+    monkeypatch.setattr(buffers, "IDLE_SECONDS", 0.2)
+    a = buffers.empty(BIG)
+    del a
+    assert len(buffers._idle) == 1
+    deadline = time.monotonic() + 10
+    while buffers._idle and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert buffers._idle == [] and buffers._janitor is None
+    kept = buffers.empty(BIG)  # and the next transform starts afresh
+    assert kept.flags.writeable
 
 
 def test_threads_never_share_a_live_block():
