@@ -117,6 +117,33 @@ def key_family(kind: str) -> str:
     return {"i": "integer", "u": "integer", "f": "float", "b": "boolean"}.get(kind, "text")
 
 
+#: pandas' inferred type of a column of objects -> the family of its keys (``mixed``: several families).
+_INFERRED = {
+    "string": "text",
+    "integer": "integer",
+    "floating": "float",
+    "mixed-integer-float": "float",
+    "boolean": "boolean",
+    "mixed": "mixed",
+    "mixed-integer": "mixed",
+}
+
+
+def keys_family(values: Any) -> str | None:
+    """The family of the keys ``values`` (an Index or Series) hold, looking into a column of Python objects.
+
+    ``integer``, ``float``, ``boolean``, ``text``, ``mixed`` (several), or
+    ``None`` (other types: dates, decimals, bytes; or no values). An object
+    column of ints is ``integer`` (its dtype alone says text).
+    """
+    kind = values.dtype.kind
+    if kind in "iufb":
+        return key_family(kind)
+    if not len(values):
+        return None
+    return _INFERRED.get(pd.api.types.infer_dtype(values, skipna=True))
+
+
 def _aligned_keys(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
     """``a`` and ``b`` with one dtype that holds both exactly, else :class:`ColumnError`.
 
@@ -127,10 +154,10 @@ def _aligned_keys(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
     """
     if not len(a) or not len(b) or a.dtype == b.dtype:
         return a, b
-    fa, fb = key_family(a.dtype.kind), key_family(b.dtype.kind)
+    fa, fb = keys_family(a), keys_family(b)
     if {fa, fb} == {"integer", "float"}:  # pandas makes an integer key column with a missing key float
         ints, floats = (a, b) if fa == "integer" else (b, a)
-        f = floats.to_numpy()
+        f = floats.to_numpy().astype(np.float64)
         if (f == np.floor(f)).all() and np.abs(f).max() < 2.0**63:
             floats = pd.Index(f.astype(np.int64))
         elif np.abs(ints.to_numpy().astype(object)).max() <= 2**53:  # every integer key is a float exactly

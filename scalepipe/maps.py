@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .batches import scale_batches
-from .groups import key_family
+from .groups import keys_family
 from .methods import (
     _AFFINE_FIELDS,
     Affine,
@@ -146,7 +146,7 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
     its key column is read as text), matched by their decimal text: ``3``
     finds the key ``"3"``, not ``"03"``.
     """
-    fitted, given = _family(keys), _family(column)
+    fitted, given = keys_family(keys), keys_family(column)
     if fitted == "text" and given in ("integer", "float"):
         return _by_text(keys, column)
     if fitted is not None and given is not None and not _compatible(fitted, given):
@@ -167,28 +167,6 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
         found[whole] = keys.get_indexer(values[whole].astype(target))
         return found
     return keys.get_indexer(column)
-
-
-#: pandas' inferred type of a column of objects -> the family of its keys (``mixed``: several families).
-_INFERRED = {
-    "string": "text",
-    "integer": "integer",
-    "floating": "float",
-    "mixed-integer-float": "float",
-    "boolean": "boolean",
-    "mixed": "mixed",
-    "mixed-integer": "mixed",
-}
-
-
-def _family(values: Any) -> str | None:
-    """The family of keys ``values`` (an Index or Series) hold: ``integer``, ``float``, ``boolean``, ``text``, ``mixed``, or ``None`` (other types: dates, decimals, bytes; or no values)."""
-    kind = values.dtype.kind
-    if kind in "iufb":
-        return key_family(kind)
-    if not len(values):
-        return None
-    return _INFERRED.get(pd.api.types.infer_dtype(values, skipna=True))
 
 
 #: The Python types of the keys of each family (numbers match numbers of the other kind only when equal).

@@ -487,6 +487,10 @@ def test_keys_of_several_types_are_refused():
     assert small.groups.moments.count[:, 0].tolist() == [1, 2, 1]
     with pytest.raises(ColumnError, match=r"keys are text \(.*\), the fitted keys integer"):
         small.partial_fit(pd.DataFrame({"k": ["a"], "x": [5.0]}))
+    # an object column of ints (one missing) holds integer keys, whatever its dtype says
+    objects = sp.fit(pd.DataFrame({"k": pd.Series([None, 1, 2], dtype=object), "x": [0.0, 1.0, 2.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    objects.partial_fit(pd.DataFrame({"k": np.array([1, 3]), "x": [5.0, 6.0]}))
+    assert objects.groups.keys.tolist() == [1, 2, 3] and objects.groups.moments.count[:, 0].tolist() == [2, 1, 1]
     ints.partial_fit(pd.DataFrame({"k": np.array([2**64 - 1], np.uint64), "x": [5.0]}))
     assert ints.groups.keys.dtype == np.uint64 and ints.groups.keys.tolist() == [big, big + 1, 2**64 - 1]
     negative = sp.fit(pd.DataFrame({"k": [-1, 2], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
