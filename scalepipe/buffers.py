@@ -15,6 +15,8 @@ reuses them).
 
 from __future__ import annotations
 
+import atexit
+import sys
 import threading
 import time
 from typing import Any
@@ -37,6 +39,7 @@ _idle: list[tuple[np.ndarray, float]] = []  # (memory, when released), oldest fi
 # reentrant: a garbage collection run inside the lock may release a block (``_Lease.__del__``)
 _lock = threading.RLock()
 _janitor: threading.Timer | None = None
+_closing = False  # the interpreter is exiting: no new timer (starting a thread then hangs the exit)
 
 
 def _take(nbytes: int) -> np.ndarray:
@@ -48,8 +51,8 @@ def _take(nbytes: int) -> np.ndarray:
 
 
 def _give_back(memory: np.ndarray) -> None:
-    if memory.nbytes > MAX_IDLE_BYTES:
-        return
+    if memory.nbytes > MAX_IDLE_BYTES or _closing or sys.is_finalizing():
+        return  # freed now
     with _lock:
         _idle.append((memory, time.monotonic()))
         while len(_idle) > MAX_IDLE or sum(m.nbytes for m, _ in _idle) > MAX_IDLE_BYTES:
@@ -64,6 +67,18 @@ def _watch() -> None:
         _janitor = threading.Timer(IDLE_SECONDS, _free_old)
         _janitor.daemon = True
         _janitor.start()
+
+
+@atexit.register
+def _close() -> None:
+    """At exit: free the idle blocks and stop watching (a result freed later, at finalization, is freed at once)."""
+    global _closing, _janitor
+    with _lock:
+        _closing = True
+        _idle.clear()
+        if _janitor is not None:
+            _janitor.cancel()
+            _janitor = None
 
 
 def _free_old() -> None:

@@ -98,3 +98,20 @@ def test_threads_never_share_a_live_block():
     for t in threads:
         t.join()
     assert failures == []
+
+
+def test_a_process_holding_a_result_exits():
+    """A result alive at exit was freed during finalization, which started
+    the idle timer's thread: the interpreter never exited."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, scalepipe as sp\n"
+        "x = np.arange(400_000.0).reshape(-1, 2)\n"
+        "scaled = sp.fit(x).transform(x)\n"  # 3.2 MB: recycled memory, alive at exit
+        "cycle = [scaled]; cycle.append(cycle)\n"  # and one freed by the last collection
+        "print('done')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "done\n", result.stderr
