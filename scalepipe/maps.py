@@ -15,6 +15,8 @@ plain process, in Dask tasks, and (later) on Spark executors.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -149,6 +151,8 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
     fitted, given = keys_family(keys), keys_family(column)
     if fitted == "text" and given in ("integer", "float"):
         return _by_text(keys, column)
+    if fitted == "integer" and given == "text":
+        return _by_number(keys, column)
     if fitted is not None and given is not None and not _compatible(fitted, given):
         return np.full(len(column), -1, dtype=np.intp)
     if given == "mixed" and fitted in _KIN:  # Python objects of several types: each found among keys of its own
@@ -156,6 +160,15 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
         kin = np.fromiter((isinstance(v, wanted) and not _wrong_bool(v, wanted) for v in column.to_numpy()), bool, len(column))
         found = np.full(len(column), -1, dtype=np.intp)
         found[kin] = keys.get_indexer(column[kin])
+        return found
+    if keys.dtype.kind == "f" and column.dtype.kind in "iu":  # an integer finds a float key only when it is that float
+        integer = np.uint64 if column.dtype.kind == "u" else np.int64
+        values = column.to_numpy(dtype=integer, na_value=0)  # nullable integers exactly (not through float64)
+        as_float = values.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            exact = (as_float.astype(integer) == values) & ~column.isna().to_numpy()
+        found = np.full(len(values), -1, dtype=np.intp)
+        found[exact] = keys.get_indexer(as_float[exact])
         return found
     if keys.dtype.kind in "iu" and column.dtype.kind == "f":
         unsigned = keys.dtype.kind == "u"
@@ -200,6 +213,32 @@ def _by_text(keys: Any, column: Any) -> np.ndarray:
         text[np.isnan(values)] = None
     found = keys.get_indexer(pd.Index(text, dtype=object))
     return np.where(pd.isna(text), -1, found)
+
+
+def _by_number(keys: Any, column: Any) -> np.ndarray:
+    """Positions of a text ``column``'s values among integer ``keys``: ``"7"``, ``"+7"`` and ``"7.0"`` find ``7``, exactly.
+
+    A CSV's key column read as text for statistics keyed by integers (fitted
+    from Parquet, say): read as float64, an ID beyond 2**53 was rounded onto
+    another fitted key.
+    """
+    numbers = []
+    for text in column.to_numpy(dtype=object, na_value=None):
+        value = None
+        if isinstance(text, str):
+            text = text.strip()
+            if _INTEGER_TEXT.fullmatch(text):
+                value = int(text)
+            else:
+                with contextlib.suppress(ValueError):
+                    number = float(text)
+                    value = int(number) if number.is_integer() and abs(number) <= 2**53 else None
+        numbers.append(value)
+    found = keys.get_indexer(pd.Index(numbers, dtype=object))
+    return np.where([v is None for v in numbers], -1, found)
+
+
+_INTEGER_TEXT = re.compile(r"[+-]?\d+")
 
 
 def unseen_mask(keys: Any, column: Any) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 from .codecs import describe
 from .config import TABLE_FORMATS, Config, config_hash
 from .errors import ColumnError, ConfigError, DataError, InterruptedAfterCommit, OutputError
-from .groups import key_family
+from .groups import key_family, keys_family
 from .model import Model, fit, load, resolve_columns
 from .stats import NonFiniteError
 from .views import ARRAY_KINDS, View, view_of
@@ -525,7 +525,8 @@ def _text_key(input_format: str, model: Model | None, key: Any = None) -> list[s
         return [] if key is None else [key]
     if model.groups is None:
         return []
-    return [model.scope.key] if key_family(model.groups.keys.dtype.kind) == "text" else []
+    # integer keys too (fitted from Parquet, say): as float64, an ID beyond 2**53 was rounded onto another key
+    return [model.scope.key] if keys_family(model.groups.keys) in ("text", "integer") else []
 
 
 def _open_input(cfg: Config, text: list[str]) -> _Input:

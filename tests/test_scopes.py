@@ -541,6 +541,23 @@ def test_numbers_find_the_text_keys_of_a_csv():
     assert model.unseen_rows(pd.DataFrame({"k": [True], "x": [1.0]})) == 1  # not a number key
 
 
+def test_integer_keys_are_found_exactly_from_text_and_from_floats():
+    """Statistics keyed by integers (fitted from Parquet) read a CSV key column
+    as float64: an ID beyond 2**53 was rounded onto another fitted key and
+    scaled with its statistics. A float key found the integer 2**53 + 1
+    (compared as floats). Now text is parsed exactly, and an integer finds a
+    float key only when it is that float."""
+    big = 2**53 + 1
+    df = pd.DataFrame({"k": np.array([1, 1, big, big, big - 1, big - 1]), "x": [0.0, 2.0, 10.0, 30.0, 100.0, 300.0]})
+    model = sp.fit(df, [sp.MinMax(["x"])], scope="key", key="k")
+    text = pd.DataFrame({"k": pd.array(["1", "+1", str(big), "7.0", str(big - 1), None], dtype="str"), "x": [2.0, 0.0, 20.0, 1.0, 200.0, 5.0]})
+    got = model.transform(text)["x"].tolist()
+    assert got[:3] == [1.0, 0.0, 0.5] and got[4] == 0.5  # each its own key's min and max
+    assert model.unseen_rows(text) == 1  # "7.0" is unseen; None is a missing key
+    floats = sp.fit(pd.DataFrame({"k": [1.5, 2.0**53], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    assert floats.unseen_rows(pd.DataFrame({"k": pd.array([big, 2**53, None], dtype="Int64"), "x": [0.0] * 3})) == 1
+
+
 def test_inference_stats_belongs_to_the_partition_scope():
     with pytest.raises(ParameterError, match=r"batch_rows: 1 is below min_batch_rows \(2\): every batch would be refused"):
         sp.fit(pd.DataFrame({"x": [0.0, 1.0, 2.0]}), [sp.MinMax(["x"])], scope="partition", batch_rows=1)
