@@ -136,6 +136,8 @@ def keys_family(values: Any) -> str | None:
     ``None`` (other types: dates, decimals, bytes; or no values). An object
     column of ints is ``integer`` (its dtype alone says text).
     """
+    if isinstance(values.dtype, pd.CategoricalDtype):  # its categories' family
+        return keys_family(values.dtype.categories)
     kind = values.dtype.kind
     if kind in "iufb":
         return key_family(kind)
@@ -152,9 +154,9 @@ def _aligned_keys(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
     integer keys as integers, other floats beside integers up to 2**53 as
     floats.
     """
-    if not len(a) or not len(b) or a.dtype == b.dtype:
+    if not len(a) or not len(b) or (a.dtype == b.dtype and a.dtype != object):
         return a, b
-    fa, fb = keys_family(a), keys_family(b)
+    fa, fb = keys_family(a), keys_family(b)  # objects: two partitions of one column may hold 1 and True
     if {fa, fb} == {"integer", "float"}:  # pandas makes an integer key column with a missing key float
         ints, floats = (a, b) if fa == "integer" else (b, a)
         f = floats.to_numpy().astype(np.float64)
@@ -182,7 +184,7 @@ def _aligned_keys(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
     if fa == fb:
         return a, b
     raise ColumnError(
-        f"the new rows' keys are {fb} ({b.dtype}), the fitted keys {fa} ({a.dtype}): keys of another type do not "
+        f"the new rows' keys are {fb or 'of another type'} ({b.dtype}), the fitted keys {fa or 'of another type'} ({a.dtype}): keys of another type do not "
         "merge with the fitted ones exactly; cast the key column to the fitted keys' type"
     )
 

@@ -9,6 +9,7 @@ imports numpy and pandas only.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import io
@@ -27,6 +28,7 @@ import numpy as np
 from . import artifact
 from .batches import Running, check_batch_rows, running_stats
 from .errors import ArtifactError, ColumnError, DataError, ParameterError
+from .groups import keys_family
 from .maps import AffineMap, BatchMap, KeyMap, unseen_mask
 from .methods import Affine, BatchNorm, RuleSet, Scaler, ZScore, affine_dtype, plain, scaler_from_dict
 from .exact import ExactSums, exact_mean_lo, exact_mean_m2, from_lists, to_lists
@@ -927,6 +929,10 @@ def _key_array(keys: Any) -> np.ndarray:
         return np.array(values, dtype=str)
     if all(isinstance(v, (bool, np.bool_)) for v in values):  # a nullable boolean column's keys
         return values.astype(bool)
+    if keys_family(keys) == "integer":  # an object column of ints (one missing, say)
+        ints = [int(v) for v in values]
+        with contextlib.suppress(OverflowError):  # negative keys beside keys beyond 2**63: refused below
+            return np.array(ints, dtype=np.uint64 if max(ints) > 2**63 - 1 else np.int64)
     odd = next((v for v in values if not isinstance(v, str)), None)
     raise ArtifactError(
         f"key value {odd!r} ({type(odd).__name__}) cannot be saved: the artifact stores keys as integers, floats, "

@@ -558,6 +558,27 @@ def test_integer_keys_are_found_exactly_from_text_and_from_floats():
     assert floats.unseen_rows(pd.DataFrame({"k": pd.array([big, 2**53, None], dtype="Int64"), "x": [0.0] * 3})) == 1
 
 
+def test_object_and_categorical_keys_save_and_merge(tmp_path):
+    """An object column of ints (one missing) fitted but could not be saved;
+    categorical keys could not take a next batch in partial_fit; a Dask fit
+    merged 1 and True from two partitions of an object column into one key."""
+    import dask
+    import dask.dataframe as dd
+
+    ints = sp.fit(pd.DataFrame({"k": pd.Series([None, 1, 2, 2**63 + 1], dtype=object), "x": [0.0, 1.0, 2.0, 3.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    ints.save(tmp_path / "ints.json")
+    assert sp.load(tmp_path / "ints.json").groups.keys.tolist() == [1, 2, 2**63 + 1]
+    cats = pd.DataFrame({"k": pd.Categorical(["a", "b", "a"]), "x": [0.0, 1.0, 2.0]})
+    model = sp.fit(cats, [sp.MinMax(["x"])], scope="key", key="k")
+    model.partial_fit(pd.DataFrame({"k": ["b", "c"], "x": [5.0, 6.0]}))
+    assert model.groups.keys.tolist() == ["a", "b", "c"] and model.groups.moments.count[:, 0].tolist() == [2, 2, 1]
+    mixed = pd.DataFrame({"k": pd.Series([1, 1, True, True], dtype=object), "x": [0.0, 1.0, 2.0, 3.0]})
+    with dask.config.set({"dataframe.convert-string": False}):  # objects stay objects
+        frame = dd.from_pandas(mixed, npartitions=2, sort=False)
+        with pytest.raises(ColumnError, match=r"keys are boolean .*, the fitted keys integer"):
+            sp.fit(frame, [sp.MinMax(["x"])], scope="key", key="k")
+
+
 def test_inference_stats_belongs_to_the_partition_scope():
     with pytest.raises(ParameterError, match=r"batch_rows: 1 is below min_batch_rows \(2\): every batch would be refused"):
         sp.fit(pd.DataFrame({"x": [0.0, 1.0, 2.0]}), [sp.MinMax(["x"])], scope="partition", batch_rows=1)
