@@ -16,6 +16,7 @@ reuses them).
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import threading
 import time
@@ -79,6 +80,18 @@ def _close() -> None:
         if _janitor is not None:
             _janitor.cancel()
             _janitor = None
+
+
+def _after_fork() -> None:
+    """In a forked child: the parent's timer thread is not there, nor should its idle blocks be."""
+    global _janitor, _lock
+    _lock = threading.RLock()
+    _janitor = None
+    _idle.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _free_old() -> None:
