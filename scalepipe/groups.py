@@ -11,6 +11,7 @@ numpy and pandas only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,9 @@ def _aligned_keys(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
     if not len(a) or not len(b) or (a.dtype == b.dtype and a.dtype != object):
         return a, b
     fa, fb = keys_family(a), keys_family(b)  # objects: two partitions of one column may hold 1 and True
+    if {fa, fb} == {"integer", "text"}:  # a CSV's text keys and integer keys: the new ones take the fitted type
+        b = _integers_as_text(b) if fa == "text" else _text_as_integers(b, a.dtype)
+        return _aligned_keys(a, b)
     if {fa, fb} == {"integer", "float"}:  # pandas makes an integer key column with a missing key float
         ints, floats = (a, b) if fa == "integer" else (b, a)
         f = floats.to_numpy().astype(np.float64)
@@ -187,6 +191,28 @@ def _aligned_keys(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
         f"the new rows' keys are {fb or 'of another type'} ({b.dtype}), the fitted keys {fa or 'of another type'} ({a.dtype}): keys of another type do not "
         "merge with the fitted ones exactly; cast the key column to the fitted keys' type"
     )
+
+
+def _integers_as_text(keys: pd.Index) -> pd.Index:
+    """Integer keys as their decimal text (how a CSV's key column, read as text, holds them)."""
+    return pd.Index([str(int(v)) for v in keys], dtype=object)
+
+
+def _text_as_integers(keys: pd.Index, like: np.dtype) -> pd.Index:
+    """Text keys (a CSV's) as the integers they spell, exactly; :class:`ColumnError` for one that spells none."""
+    values = []
+    for text in keys:
+        if not INTEGER_TEXT.fullmatch(str(text).strip()):
+            raise ColumnError(
+                f"the new rows' key {text!r} is text that is not an integer, and the fitted keys are integers ({like}); "
+                "keys of another type do not merge: cast the key column, or fit anew"
+            )
+        values.append(int(text))
+    return pd.Index(values, dtype=object)
+
+
+#: The text of an integer key (a CSV's): ``7``, ``+7``, ``-007``.
+INTEGER_TEXT = re.compile(r"[+-]?\d+")
 
 
 def _scatter(table: KeyTable, where: np.ndarray, size: int) -> Moments:

@@ -16,7 +16,6 @@ plain process, in Dask tasks, and (later) on Spark executors.
 from __future__ import annotations
 
 import contextlib
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .batches import scale_batches
-from .groups import keys_family
+from .groups import INTEGER_TEXT, keys_family
 from .methods import (
     _AFFINE_FIELDS,
     Affine,
@@ -227,7 +226,7 @@ def _by_number(keys: Any, column: Any) -> np.ndarray:
         value = None
         if isinstance(text, str):
             text = text.strip()
-            if _INTEGER_TEXT.fullmatch(text):
+            if INTEGER_TEXT.fullmatch(text):
                 value = int(text)
             else:
                 with contextlib.suppress(ValueError):
@@ -237,8 +236,6 @@ def _by_number(keys: Any, column: Any) -> np.ndarray:
     found = keys.get_indexer(pd.Index(numbers, dtype=object))
     return np.where([v is None for v in numbers], -1, found)
 
-
-_INTEGER_TEXT = re.compile(r"[+-]?\d+")
 
 
 def unseen_mask(keys: Any, column: Any) -> np.ndarray:

@@ -347,9 +347,10 @@ def _check_update_keys(previous: Model, source: Any) -> None:
     key = previous.scope.key
     if previous.groups is None or source.schema is None or key not in source.schema:
         return
-    fitted = key_family(previous.groups.keys.dtype.kind)
+    fitted = keys_family(previous.groups.keys)
     given = key_family(pd.api.types.pandas_dtype(source.schema[key]).kind)
-    if fitted != given:
+    # merged as partial_fit merges them: integral floats as integers, a CSV's text keys and integers as the fitted type
+    if fitted != given and {fitted, given} not in ({"integer", "float"}, {"integer", "text"}):
         raise ColumnError(
             f"stats.key: key column {key!r} is {source.schema[key]} ({given}) in the input, but the statistics at "
             f"stats.path have {fitted} keys; fit --update merges keys of one type: cast the column, or fit anew"

@@ -621,9 +621,11 @@ def test_fit_update_refuses_another_batch_size(tmp_path):
         run_job(cfg, "fit", update=True, scheduler="tcp://127.0.0.1:9")
 
 
-def test_fit_update_refuses_keys_of_another_type_before_any_work(tmp_path, client):
+def test_fit_update_refuses_keys_of_another_type(tmp_path, client):
     """It failed after the fit pass, naming a fitted key ("key value 'a' (str)
-    cannot be saved") rather than the column and the types."""
+    cannot be saved") rather than the column and the types. A CSV's key
+    column is text: integer text merges with integer keys (as transform finds
+    them), other text is refused naming the key, and the statistics stay."""
     first, second = customers(300, seed=2), customers(200, seed=3)
     first["segment"] = np.arange(len(first)) % 3
     for folder in ("a", "b"):
@@ -633,9 +635,20 @@ def test_fit_update_refuses_keys_of_another_type_before_any_work(tmp_path, clien
     keyed = ("stats.scope=key", "stats.key=segment", "input.format=parquet")
     run_job(job("csv_example.yaml", tmp_path, *keyed, inp="a", out=None), "fit", scheduler=client.scheduler.address)
     before = (tmp_path / "stats.json").read_bytes()
-    with pytest.raises(ColumnError, match=r"^stats\.key: key column 'segment' is \w+ \(text\) in the input, but the statistics at stats\.path have integer keys"):
-        run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler="tcp://127.0.0.1:9")
+    with pytest.raises(ColumnError, match=r"the new rows' key 'a' is text that is not an integer, and the fitted keys are integers"):
+        run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler=client.scheduler.address)
     assert (tmp_path / "stats.json").read_bytes() == before
+    second["segment"] = np.arange(len(second)) % 4  # 0..3: integer text in the CSV
+    second.to_csv(tmp_path / "b" / "x.csv", index=False)
+    updated = run_job(job("csv_example.yaml", tmp_path, inp="b", out=None), "fit", update=True, scheduler=client.scheduler.address)
+    assert updated.model.groups.keys.tolist() == [0, 1, 2, 3]
+    both = pd.concat([first["segment"], second["segment"]])
+    assert updated.model.groups.moments.count[:, 0].tolist() == both.value_counts().sort_index().tolist()
+    (tmp_path / "c").mkdir()  # booleans (from Parquet) never merge with integers: refused before any work
+    second.assign(segment=second["segment"] > 1).to_parquet(tmp_path / "c" / "x.parquet", index=False)
+    flags = job("csv_example.yaml", tmp_path, "input.format=parquet", inp="c", out=None)
+    with pytest.raises(ColumnError, match=r"^stats\.key: key column 'segment' is bool \(boolean\) in the input, but the statistics at stats\.path have integer keys"):
+        run_job(flags, "fit", update=True, scheduler="tcp://127.0.0.1:9")
 
 
 def test_a_csv_key_column_is_read_as_the_fitted_keys_are(tmp_path, client):

@@ -485,8 +485,14 @@ def test_keys_of_several_types_are_refused():
     small.partial_fit(pd.DataFrame({"k": [2.0, np.nan, 3.0], "x": [5.0, 6.0, 7.0]}))
     assert small.groups.keys.dtype == np.int64 and small.groups.keys.tolist() == [1, 2, 3]
     assert small.groups.moments.count[:, 0].tolist() == [1, 2, 1]
-    with pytest.raises(ColumnError, match=r"keys are text \(.*\), the fitted keys integer"):
+    with pytest.raises(ColumnError, match=r"the new rows' key 'a' is text that is not an integer"):
         small.partial_fit(pd.DataFrame({"k": ["a"], "x": [5.0]}))
+    # a CSV's text keys and integer keys merge as the fitted ones: integer text as integers, integers as text
+    small.partial_fit(pd.DataFrame({"k": ["3", "+4"], "x": [8.0, 9.0]}))
+    assert small.groups.keys.dtype == np.int64 and small.groups.keys.tolist() == [1, 2, 3, 4]
+    texts = sp.fit(pd.DataFrame({"k": ["1", "02"], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    texts.partial_fit(pd.DataFrame({"k": np.array([1, 2]), "x": [5.0, 6.0]}))
+    assert texts.groups.keys.tolist() == ["02", "1", "2"] and texts.groups.moments.count[:, 0].tolist() == [1, 2, 1]
     # an object column of ints (one missing) holds integer keys, whatever its dtype says
     objects = sp.fit(pd.DataFrame({"k": pd.Series([None, 1, 2], dtype=object), "x": [0.0, 1.0, 2.0]}), [sp.MinMax(["x"])], scope="key", key="k")
     objects.partial_fit(pd.DataFrame({"k": np.array([1, 3]), "x": [5.0, 6.0]}))
