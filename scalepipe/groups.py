@@ -142,7 +142,7 @@ def keys_family(values: Any) -> str | None:
     kind = values.dtype.kind
     if kind in "iufb":
         return key_family(kind)
-    if not len(values):
+    if kind not in "OSU" or not len(values):  # dates, durations (their strings are not their keys), or no values
         return None
     return _INFERRED.get(pd.api.types.infer_dtype(values, skipna=True))
 

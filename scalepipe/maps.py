@@ -152,8 +152,8 @@ def key_positions(keys: Any, column: Any) -> np.ndarray:
         return _by_text(keys, column)
     if fitted == "integer" and given == "text":
         return _by_number(keys, column)
-    if fitted is not None and given is not None and not _compatible(fitted, given):
-        return np.full(len(column), -1, dtype=np.intp)
+    if (fitted is None) != (given is None) or (fitted is not None and given is not None and not _compatible(fitted, given)):
+        return np.full(len(column), -1, dtype=np.intp)  # keys of another type (dates for text, text for dates)
     if given == "mixed" and fitted in _KIN:  # Python objects of several types: each found among keys of its own
         wanted = _KIN[fitted]
         kin = np.fromiter((isinstance(v, wanted) and not _wrong_bool(v, wanted) for v in column.to_numpy()), bool, len(column))
@@ -202,8 +202,8 @@ def _compatible(fitted: str, given: str) -> bool:
 
 def _by_text(keys: Any, column: Any) -> np.ndarray:
     """Positions of a numeric ``column``'s values among text ``keys``, by their decimal text (integral floats as integers)."""
-    if column.dtype.kind in "iu":
-        text = column.astype("string").to_numpy(dtype=object, na_value=None)
+    if column.dtype.kind in "iu" or keys_family(column) == "integer":  # Python ints beyond 2**53 too, not through float64
+        text = np.array([None if pd.isna(v) else str(int(v)) for v in column.to_numpy(dtype=object)], dtype=object)
     else:
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(invalid="ignore"):

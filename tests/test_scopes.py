@@ -11,6 +11,7 @@ import pytest
 
 import scalepipe as sp
 from scalepipe.errors import ColumnError, DataError, ParameterError
+from scalepipe.maps import key_positions
 
 
 def exact_mean_var(b):
@@ -545,6 +546,11 @@ def test_numbers_find_the_text_keys_of_a_csv():
         assert got == [0.0, 0.0, 1.0, 1.0], column
     assert model.unseen_rows(pd.DataFrame({"k": [2.5, np.nan, 1.0], "x": [1.0, 1.0, 1.0]})) == 1  # 2.5 unseen, NaN missing
     assert model.unseen_rows(pd.DataFrame({"k": [True], "x": [1.0]})) == 1  # not a number key
+    big = sp.fit(pd.DataFrame({"k": [str(2**53), str(2**53 + 1)], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    objects = pd.Series([2**53 + 1, None], dtype=object)  # Python ints, exactly (not through float64)
+    assert key_positions(big.groups.keys, objects).tolist() == [1, -1]
+    dates = sp.fit(pd.DataFrame({"k": pd.to_datetime(["2020-01-01"]), "x": [0.0]}), [sp.MinMax(["x"])], scope="key", key="k")
+    assert dates.unseen_rows(pd.DataFrame({"k": ["2020-01-01"], "x": [1.0]})) == 1  # text for a date key is another type
 
 
 def test_integer_keys_are_found_exactly_from_text_and_from_floats():
