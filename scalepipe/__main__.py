@@ -1,5 +1,5 @@
 """``python -m scalepipe`` is the ``scalepipe`` command."""
 
-from .cli import main
+from .cli import entry
 
-main()
+entry()

@@ -84,13 +84,9 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
         if not debug:
             _silence_dask_logs()
-        signal.signal(signal.SIGTERM, _interrupt)  # from the start: a job stopped while it loads exits 130 too
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # from the start: a job stopped while it loads exits 130 too
         try:
-            result = func(*args, **kwargs)
-            # done: a signal while the process exits no longer kills it (it exited 143 for a SIGTERM right after the job)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            return result
+            return func(*args, **kwargs)
         except KeyboardInterrupt as err:
             message = str(err) or "interrupted; an unfinished output or statistics file is never put in place"
             click.echo(f"error: {message}", err=True)
@@ -113,6 +109,9 @@ def _handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             hint = "" if debug else " (run with --debug for the traceback)"
             click.echo(f"error: {type(err).__name__}: {message}{hint}", err=True)
             sys.exit(EXIT_ERROR)
+        finally:
+            if previous is not None:  # the caller's again (entry ignores it while the process exits)
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 
@@ -149,6 +148,21 @@ def _job_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="scalepipe")
 def main() -> None:
     """Exact, one-pass feature scaling on Dask: fit statistics, persist them, scale data."""
+
+
+def entry() -> None:
+    """The ``scalepipe`` command (console script and ``python -m scalepipe``): :func:`main`, then an exit no signal interrupts.
+
+    Once the command is over, a SIGTERM or Ctrl-C while the process exits
+    (closing threads, flushing) is ignored: a SIGTERM right after a job's
+    "done" killed it with exit 143. Not in :func:`main` itself, which also
+    runs inside other programs (click's test runner).
+    """
+    try:
+        main()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -543,6 +543,19 @@ def test_an_unwritable_json_path_fails_before_the_pass(tmp_path, monkeypatch):
     assert "error: --json: 'afile/x.json' cannot be written: " in result.output and "is a file, not a folder" in result.output
 
 
+def test_main_leaves_the_callers_signal_handlers_alone(tmp_path, monkeypatch):
+    """Ignoring SIGINT and SIGTERM once a command is over belongs to the
+    process's exit (``entry``), not to ``main`` run inside another program."""
+    import signal
+
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert CliRunner().invoke(main, ["--version"]).exit_code == 0
+    (tmp_path / "s.json").write_text("{}")
+    CliRunner().invoke(main, ["inspect", "s.json"])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_drift_without_its_inputs_is_a_usage_error():
     """It exited 1 as a job error; README: a missing argument is a usage error (2)."""
     result = CliRunner().invoke(main, ["drift"])

@@ -86,7 +86,7 @@ def test_the_dockerfile_installs_the_package_and_its_entry_point():
     assert ignore[ignore.index("*") + 1 :][:3] == ["!pyproject.toml", "!README.md", "!scalepipe/"]
     root = DEPLOY.parent
     assert (root / "pyproject.toml").is_file() and (root / "README.md").is_file() and (root / "scalepipe").is_dir()
-    assert 'scalepipe = "scalepipe.cli:main"' in (root / "pyproject.toml").read_text()
+    assert 'scalepipe = "scalepipe.cli:entry"' in (root / "pyproject.toml").read_text()
 
 
 # --------------------------------------------------------------------------
