@@ -204,12 +204,13 @@ def _by_text(keys: Any, column: Any) -> np.ndarray:
     """Positions of a numeric ``column``'s values among text ``keys``, by their decimal text (integral floats as integers)."""
     if column.dtype.kind in "iu" or keys_family(column) == "integer":  # Python ints beyond 2**53 too, not through float64
         text = np.array([None if pd.isna(v) else str(int(v)) for v in column.to_numpy(dtype=object)], dtype=object)
-    else:
+    else:  # integral floats as integers (1e20 as its 21 digits), others as their dtype's shortest text (float32 0.1 as 0.1)
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0**63)
-        text = np.where(whole, np.where(whole, values, 0).astype(np.int64).astype(str), values.astype(str)).astype(object)
-        text[np.isnan(values)] = None
+        native = column.to_numpy() if isinstance(column.dtype, np.dtype) else values
+        text = np.array(
+            [None if v != v else str(int(v)) if v.is_integer() else str(n) for v, n in zip(values.tolist(), native, strict=True)],
+            dtype=object,
+        )
     found = keys.get_indexer(pd.Index(text, dtype=object))
     return np.where(pd.isna(text), -1, found)
 

@@ -549,6 +549,9 @@ def test_numbers_find_the_text_keys_of_a_csv():
     big = sp.fit(pd.DataFrame({"k": [str(2**53), str(2**53 + 1)], "x": [0.0, 1.0]}), [sp.MinMax(["x"])], scope="key", key="k")
     objects = pd.Series([2**53 + 1, None], dtype=object)  # Python ints, exactly (not through float64)
     assert key_positions(big.groups.keys, objects).tolist() == [1, -1]
+    digits = pd.Index(["100000000000000000000", "0.1"], dtype=object)  # a float finds its own shortest text
+    assert key_positions(digits, pd.Series([1e20, 0.1])).tolist() == [0, 1]
+    assert key_positions(digits, pd.Series(np.array([0.1], np.float32))).tolist() == [1]
     dates = sp.fit(pd.DataFrame({"k": pd.to_datetime(["2020-01-01"]), "x": [0.0]}), [sp.MinMax(["x"])], scope="key", key="k")
     assert dates.unseen_rows(pd.DataFrame({"k": ["2020-01-01"], "x": [1.0]})) == 1  # text for a date key is another type
 
