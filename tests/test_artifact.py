@@ -95,6 +95,18 @@ def _rewrite(path, mutate):
     path.write_text(json.dumps(doc))
 
 
+def _assert_refused_once_resigned(path, edit, message):
+    """``edit`` the artifact and recompute its checksum (as anyone can): loading it is refused with ``message``."""
+
+    def change(d):
+        edit(d)
+        d["checksum"] = checksum(d)
+
+    _rewrite(path, change)
+    with pytest.raises(ArtifactError, match=f"{path.name}: malformed statistics file: " + message):
+        sp.load(path)
+
+
 def test_truncated(saved):
     _, path = saved
     path.write_text(path.read_text()[:-200])
@@ -204,14 +216,7 @@ def test_a_document_whose_parts_do_not_fit_is_refused_naming_the_field(tmp_path,
     recompute it): such documents loaded, then failed later with raw
     IndexErrors, or transformed with the wrong statistics."""
     sp.fit(np.array([[1.0, 10], [3, 30], [2, 5]]), [sp.MinMax([0]), sp.ZScore([1])]).save(tmp_path / "stats.json")
-
-    def change(d):
-        edit(d)
-        d["checksum"] = checksum(d)
-
-    _rewrite(tmp_path / "stats.json", change)
-    with pytest.raises(ArtifactError, match="stats.json: malformed statistics file: " + message):
-        sp.load(tmp_path / "stats.json")
+    _assert_refused_once_resigned(tmp_path / "stats.json", edit, message)
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
@@ -237,14 +242,7 @@ def test_exact_statistics_that_disagree_with_their_sums_are_refused(tmp_path, ed
     """An edited mean loaded (the parameters used it); an edited count loaded
     and failed the next fit --update with a bare ValueError naming no file."""
     sp.fit(np.array([[1.0, 10], [3, 30], [2, 5], [7, 1]]), [sp.MinMax([0]), sp.ZScore([1])], exact=True).save(tmp_path / "stats.json")
-
-    def change(d):
-        edit(d)
-        d["checksum"] = checksum(d)
-
-    _rewrite(tmp_path / "stats.json", change)
-    with pytest.raises(ArtifactError, match="stats.json: malformed statistics file: " + message):
-        sp.load(tmp_path / "stats.json")
+    _assert_refused_once_resigned(tmp_path / "stats.json", edit, message)
 
 
 @pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"format": ' + "9" * 5000 + "}"])
